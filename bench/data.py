@@ -1,0 +1,218 @@
+"""Data sets: the embedded ``digits`` default, CIFAR-10 from its python batches, and any image folder.
+
+Every data set yields ``(image, label)`` with ``image`` a float tensor (C, H, W) in [-1, 1]. Channels are a
+property of the data set (1 for digits, 3 otherwise); models take them from :func:`dataset_channels`.
+``reference_uint8`` gives the uint8 images that quality metrics compare against.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DataConfig", "DATASETS", "DataError", "load_dataset", "dataset_channels", "reference_uint8",
+    "dataset_fingerprint", "check_data_config",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CIFAR_LAYOUT = (
+    "<root>/cifar-10-batches-py/{data_batch_1..data_batch_5, test_batch} (the python pickles of "
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted)"
+)
+
+
+class DataError(ValueError):
+    """A data set that cannot be loaded: names the expected layout and the config key to set."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"        # digits | cifar10 | image-folder
+    root: str | None = None     # cifar10: folder containing cifar-10-batches-py; image-folder: the folder
+    resolution: int = 32        # images are resized (image-folder: centre-cropped, then resized) to this
+    hflip: bool = False         # random horizontal flip during training
+    download: bool = False      # cifar10 only: let torchvision download when the folder is missing
+
+
+class InMemoryImages(Dataset):
+    """uint8 images (N, C, H, W) held in memory; items are ([-1, 1] float image, label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, hflip: bool = False):
+        assert images.dtype == torch.uint8 and images.dim() == 4
+        self.images, self.labels, self.hflip = images, labels.long(), hflip
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int):
+        x = self.images[i].float() / 127.5 - 1.0
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.labels[i]
+
+
+class ImageFolder(Dataset):
+    """Every image under ``root`` (recursively, sorted), RGB, centre-cropped to a square and resized."""
+
+    def __init__(self, root: Path, resolution: int, hflip: bool = False):
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.resolution, self.hflip = resolution, hflip
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_uint8(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s)).resize(
+                (self.resolution, self.resolution), Image.Resampling.BICUBIC
+            )
+            return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __getitem__(self, i: int):
+        x = self.load_uint8(i).float() / 127.5 - 1.0
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, torch.tensor(0)
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+def _resize_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    if images.shape[-1] == resolution and images.shape[-2] == resolution:
+        return images
+    x = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
+                      align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _digits(cfg: DataConfig, split: str) -> InMemoryImages:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), fixed stratified 80/20 split (seed 0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(d.target)), test_size=0.2, random_state=0, stratify=d.target
+    )
+    idx = np.sort(idx_train if split == "train" else idx_test)
+    images = torch.from_numpy(np.round(d.images[idx] * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    return InMemoryImages(_resize_uint8(images, cfg.resolution), torch.from_numpy(d.target[idx]),
+                          hflip=cfg.hflip and split == "train")
+
+
+def _cifar10(cfg: DataConfig, split: str) -> InMemoryImages:
+    if cfg.root is None:
+        raise DataError(f"data set 'cifar10' needs data.root: the folder that contains {CIFAR_LAYOUT}")
+    folder = Path(cfg.root).expanduser() / "cifar-10-batches-py"
+    if not folder.is_dir() and cfg.download:
+        from torchvision.datasets import CIFAR10
+
+        try:
+            CIFAR10(root=str(Path(cfg.root).expanduser()), train=True, download=True)
+        except Exception as e:  # no network, no permission, ...
+            raise DataError(
+                f"cifar10: {folder} is missing and the download failed ({e}). Provide {CIFAR_LAYOUT} "
+                "and set data.root"
+            ) from e
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(
+            f"cifar10: {folder} lacks {', '.join(missing)}. Expected layout: {CIFAR_LAYOUT}; "
+            "set data.root to the folder that contains cifar-10-batches-py (or data.download: true where a "
+            "download is possible)"
+        )
+    data, labels = [], []
+    for n in names:
+        try:
+            with open(folder / n, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        except Exception as e:
+            raise DataError(
+                f"cifar10: {folder / n} is not a CIFAR-10 python batch ({type(e).__name__}: {e}). "
+                f"Expected layout: {CIFAR_LAYOUT}"
+            ) from e
+    images = torch.from_numpy(np.concatenate(data))
+    return InMemoryImages(_resize_uint8(images, cfg.resolution), torch.tensor(labels),
+                          hflip=cfg.hflip and split == "train")
+
+
+def _image_folder(cfg: DataConfig, split: str) -> ImageFolder:
+    if cfg.root is None:
+        raise DataError("data set 'image-folder' needs data.root: a folder of images (png/jpg/webp/bmp)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image-folder: data.root={root} is not a folder; expected a folder of images "
+                        f"({', '.join(IMAGE_SUFFIXES)}), searched recursively")
+    ds = ImageFolder(root, cfg.resolution, hflip=cfg.hflip and split == "train")
+    if len(ds) == 0:
+        raise DataError(f"image-folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}; set data.root")
+    return ds
+
+
+DATASETS = {"digits": _digits, "cifar10": _cifar10, "image-folder": _image_folder}
+CHANNELS = {"digits": 1, "cifar10": 3, "image-folder": 3}
+
+
+def check_data_config(cfg: DataConfig) -> list[str]:
+    """Problems with a data config, found without loading it (used to validate grids before any work)."""
+    problems = []
+    if cfg.name not in DATASETS:
+        return [f"data.name={cfg.name!r} is not a data set; valid: {', '.join(DATASETS)}"]
+    if cfg.resolution < 8 or cfg.resolution & (cfg.resolution - 1):
+        problems.append(f"data.resolution={cfg.resolution} must be a power of two >= 8")
+    if cfg.name == "cifar10":
+        if cfg.root is None:
+            problems.append(f"data.root is required for cifar10: the folder containing {CIFAR_LAYOUT}")
+        elif not (Path(cfg.root).expanduser() / "cifar-10-batches-py").is_dir() and not cfg.download:
+            problems.append(f"data.root={cfg.root}: no cifar-10-batches-py inside (expected {CIFAR_LAYOUT})")
+    if cfg.name == "image-folder":
+        if cfg.root is None:
+            problems.append("data.root is required for image-folder: a folder of images")
+        elif not Path(cfg.root).expanduser().is_dir():
+            problems.append(f"data.root={cfg.root} is not a folder")
+    return problems
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if cfg.name not in DATASETS:
+        raise DataError(f"unknown data set {cfg.name!r} (data.name); valid: {', '.join(DATASETS)}")
+    return DATASETS[cfg.name](cfg, split)
+
+
+def dataset_channels(cfg: DataConfig) -> int:
+    if cfg.name not in CHANNELS:
+        raise DataError(f"unknown data set {cfg.name!r} (data.name); valid: {', '.join(DATASETS)}")
+    return CHANNELS[cfg.name]
+
+
+def reference_uint8(ds: Dataset, limit: int | None = None) -> torch.Tensor:
+    """The data set's images as uint8 (N, C, H, W), unflipped, in order (the first ``limit`` of them)."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if isinstance(ds, InMemoryImages):
+        return ds.images[:n]
+    return torch.stack([ds.load_uint8(i) for i in range(n)])
+
+
+def dataset_fingerprint(images: torch.Tensor) -> str:
+    """Content hash of uint8 images (shape included): part of every metric cache key."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

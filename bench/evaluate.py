@@ -1,0 +1,148 @@
+"""Cost metrics: parameter counts, FLOPs, NFE (counted, never copied from config) and sampling time.
+
+FLOPs are counted by torch's ``FlopCounterMode`` at the aten level as 2 x multiply-adds (convolutions and
+matrix products; norms, activations and resampling are not counted). ``scaled_dot_product_attention`` on CPU
+is counted with torch's own SDPA formula, so attention is included on every device.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+__all__ = [
+    "count_flops", "count_params", "NFECounter", "TimingConfig", "time_sampler", "device_description",
+    "resolve_device", "synchronize",
+]
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+_CUSTOM_FLOPS = {}
+if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    _CUSTOM_FLOPS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
+
+
+def count_flops(fn: Callable, *args, **kwargs) -> int:
+    """FLOPs (2 x MACs) of one call ``fn(*args, **kwargs)``, counted under ``torch.no_grad``."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class NFECounter:
+    """Counts forward calls of a network (a forward pre-hook); use as a context manager.
+
+    >>> with NFECounter(net) as nfe: sampler(...)
+    >>> nfe.calls / batches  # network function evaluations per sampling run
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module, self.calls, self._handle = module, 0, None
+
+    def _hook(self, module, inputs):
+        self.calls += 1
+
+    def __enter__(self) -> "NFECounter":
+        self.calls = 0
+        self._handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; anything else is passed to torch (a clear error if unavailable)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_description(device: torch.device) -> dict:
+    """What every logged timing names: device, its model and the thread count."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
+                                                                              platform.machine())
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+    }
+
+
+@dataclass
+class TimingConfig:
+    batch_size: int = 100     # images per timed sampler call (the papers: 100; 25 at CelebA-HQ 512/1024)
+    warmup: int = 10          # untimed runs first (the papers: 10)
+    repeats: int = 300        # timed runs (the papers: 300 on an A100)
+
+
+def time_sampler(sample: Callable[[torch.Tensor], torch.Tensor], x_T: torch.Tensor, cfg: TimingConfig,
+                 device: torch.device) -> dict:
+    """Seconds per batch of the whole sampler (fixed initial noise ``x_T``; the final inverse transform inside
+    ``sample``), after ``cfg.warmup`` untimed runs, with device synchronisation (CUDA events on GPU)."""
+    times: list[float] = []
+    with torch.no_grad():
+        for _ in range(cfg.warmup):
+            sample(x_T)
+        synchronize(device)
+        for _ in range(cfg.repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                sample(x_T)
+                end.record()
+                torch.cuda.synchronize(device)
+                times.append(start.elapsed_time(end) / 1000.0)
+            else:
+                t0 = time.perf_counter()
+                sample(x_T)
+                times.append(time.perf_counter() - t0)
+    return {
+        "time_mean_s": statistics.fmean(times),
+        "time_std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
+        "time_median_s": statistics.median(times),
+        "time_min_s": min(times),
+        "time_max_s": max(times),
+        "time_batch_size": int(x_T.shape[0]),
+        "time_warmup": cfg.warmup,
+        "time_repeats": cfg.repeats,
+        **device_description(device),
+    }
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """Puts modules in eval mode and restores their previous mode afterwards."""
+    was = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, w in zip(modules, was):
+            m.train(w)

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import pywt
+import torch
+
+from models.wavelet import haar_dwt, haar_idwt, wavelet_decode, wavelet_encode
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_level1_matches_pywavelets_band_by_band(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 12, dtype=dtype)
+    y = haar_dwt(x)
+    assert y.shape == (2, 12, 8, 6) and y.dtype == dtype
+    ca, (ch, cv, cd) = pywt.dwt2(x.double().numpy(), "haar")  # transforms the last two axes
+    # Documented order: LL = cA, LH = cH, HL = cV, HH = cD (subband-major: all C channels of a band together).
+    for band, ref in enumerate((ca, ch, cv, cd)):
+        np.testing.assert_allclose(y[:, band * 3:(band + 1) * 3].double().numpy(), ref, atol=1e-6)
+
+
+def test_level2_is_the_full_packet_split():
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    y = haar_dwt(x, levels=2)
+    assert y.shape == (1, 32, 4, 4)
+    torch.testing.assert_close(y, haar_dwt(haar_dwt(x)))
+    # Channel block k of the second level is band k of all 8 first-level channels.
+    ca, (ch, cv, cd) = pywt.dwt2(haar_dwt(x).numpy(), "haar")
+    np.testing.assert_allclose(y[:, 8:16].numpy(), ch, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_perfect_reconstruction(levels):
+    x = torch.randn(3, 4, 32, 24)
+    torch.testing.assert_close(haar_idwt(haar_dwt(x, levels), levels), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(wavelet_decode(wavelet_encode(x, levels), levels), x, atol=1e-6, rtol=0)
+
+
+def test_orthonormal_energy_and_scaling():
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.allclose(haar_dwt(x).pow(2).sum(), x.pow(2).sum(), rtol=1e-5)
+    for levels in (1, 2):
+        y = wavelet_encode(x, levels)
+        f = 2**levels
+        # The first C channels equal an f x f average pool, and every coefficient stays in [-1, 1].
+        torch.testing.assert_close(y[:, :3], torch.nn.functional.avg_pool2d(x, f), atol=1e-6, rtol=0)
+        assert y.abs().max() <= 1 + 1e-6
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        haar_dwt(torch.randn(1, 1, 12, 10), levels=2)
+    with pytest.raises(ValueError, match="even"):
+        haar_dwt(torch.randn(1, 1, 7, 8).expand(1, 1, 7, 8)[..., :7, :])
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        haar_dwt(torch.randn(4, 8, 8))
+    with pytest.raises(ValueError, match="channel count divisible by 4"):
+        haar_idwt(torch.randn(1, 6, 4, 4))
+    with pytest.raises(TypeError):
+        haar_dwt(torch.ones(1, 1, 4, 4, dtype=torch.long))
+
+
+def test_autograd_and_adjointness():
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: haar_dwt(t, 2), (x,))
+    y = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(haar_idwt, (y,))
