@@ -81,10 +81,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: torch.device) -> dict:
     """What every logged timing names: device, its model and the thread count."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
-                                                                              platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "device": str(device),
         "device_name": name,

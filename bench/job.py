@@ -1,0 +1,263 @@
+"""One job, end to end: resolved config -> MLflow run -> train (resuming) -> evaluate -> artifacts.
+
+The job's working directory is ``<runs>/<train hash>/`` (``$WAVEBENCH_RUNS`` or ``<repo>/runs``): checkpoints,
+the resolved config, and one ``run-<job hash>.json`` per job that remembers its MLflow run so a resumed job
+continues the same run. A job whose hash already has a FINISHED run in the experiment is skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench import registry
+from bench.config import RunConfig, to_dict
+from bench.data import load_dataset
+from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
+                            time_sampler)
+from bench.metrics import compute_metrics, reference_images, resolve_backbone
+from bench.tracking import REPO_ROOT, Tracker, flatten, get_experiment_id, tracking_uri
+from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult, train_diffusion, train_gan
+
+__all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run", "to_uint8"]
+
+TRAINERS = {"gan": train_gan, "diffusion": train_diffusion, "dvdp": train_diffusion}
+
+
+@dataclass
+class JobResult:
+    status: str                      # FINISHED | SKIPPED | INTERRUPTED | FAILED
+    run_id: str | None
+    job_hash: str
+    metrics: dict = field(default_factory=dict)
+    reason: str = ""
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("WAVEBENCH_RUNS") or REPO_ROOT / "runs")
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> uint8 (rounded, never through a lossy file format)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def find_finished_run(experiment: str, job_hash: str) -> dict | None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.job_hash = '{job_hash}' and attributes.status = "
+                              "'FINISHED'", max_results=1, order_by=["attributes.start_time DESC"])
+    return {"run_id": runs[0].info.run_id, "metrics": dict(runs[0].data.metrics)} if runs else None
+
+
+# ============================================================================================== evaluation
+
+def generate(system, n: int, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``n`` uint8 samples; batch k uses seed (seed, k), so the set does not depend on what ran before."""
+    out = []
+    for k, start in enumerate(range(0, n, batch_size)):
+        b = min(batch_size, n - start)
+        g = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
+        x_T = torch.randn(system.state_shape(b), generator=g, device=device)
+        out.append(to_uint8(system.sample(x_T, rng=g)).cpu())
+    return torch.cat(out)
+
+
+def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[str], None] = lambda s: None
+             ) -> tuple[dict, dict, torch.Tensor]:
+    """Quality, NFE, FLOPs, params and sampling time of a trained system. Returns (metrics, protocol, grid)."""
+    ev = cfg.eval
+    metrics: dict = {}
+    protocol: dict = {}
+    with eval_mode(*system.modules().values()):
+        # NFE: network calls of one sampling run, counted by a hook (batch of 2).
+        net = system.sampling_network
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        with NFECounter(net) as counter:
+            system.sample(torch.randn(system.state_shape(2), generator=g, device=device), rng=g)
+        metrics["nfe"] = counter.calls
+
+        # FLOPs of the whole sampler for one sample (all NFE network calls and the transforms).
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        x1 = torch.randn(system.state_shape(1), generator=g, device=device)
+        metrics["gflops_per_sample"] = count_flops(system.sample, x1, rng=g) / 1e9
+        for name, module in system.networks.items():
+            metrics[f"params_{name}"] = count_params(module)
+
+        # Sampling time: the papers' protocol (fixed x_T, warm-up, repeated timed runs, synchronised).
+        progress("timing the sampler")
+        g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        x_T = torch.randn(system.state_shape(ev.timing.batch_size), generator=g, device=device)
+        timing = time_sampler(lambda x: system.sample(x, rng=torch.Generator(device=device).manual_seed(0)),
+                              x_T, ev.timing, device)
+        for k in ("time_mean_s", "time_std_s", "time_median_s", "time_min_s", "time_max_s"):
+            metrics[k] = timing.pop(k)
+        protocol.update({f"timing_{k}": v for k, v in timing.items()})
+
+        # Quality: generated samples against the reference split, through torch-fidelity.
+        images = None
+        if ev.quality:
+            progress(f"generating {ev.metrics.num_samples} samples")
+            images = generate(system, ev.metrics.num_samples, ev.sample_batch_size, cfg.seed + 12345, device)
+            progress("computing FID / KID / precision / recall")
+            ref = reference_images(cfg.data, ev.metrics)
+            q = compute_metrics(images, ref, dataset=cfg.data.name, cfg=ev.metrics, device=str(device))
+            for k in ("fid", "kid_mean", "kid_std", "precision", "recall"):
+                metrics[k] = q.pop(k)
+            protocol.update({f"metrics_{k}": v for k, v in q.items()})
+        else:
+            protocol["metrics_backbone_fid"] = "not computed (eval.quality = false)"
+        grid_n = ev.grid_images
+        grid = images[:grid_n] if images is not None else generate(system, grid_n, grid_n, cfg.seed + 12345, device)
+    return metrics, protocol, grid
+
+
+def _periodic_fid(cfg: RunConfig, system, tracker, device: torch.device):
+    """FID every ``eval.every_steps`` during training, logged at that step as ``fid_intermediate`` next to the
+    training wall-clock so far (fewer samples than the final ``fid``: another protocol, hence another name).
+    It draws the convergence curve and feeds a tuning pruner."""
+    ev = cfg.eval
+    if not ev.every_steps or not ev.quality:
+        return None
+    ref = reference_images(cfg.data, ev.metrics)
+    mcfg = replace(ev.metrics, num_samples=ev.every_num_samples)
+
+    def on_step(step: int, train_seconds: float) -> None:
+        if step % ev.every_steps:
+            return
+        with eval_mode(*system.modules().values()):
+            images = generate(system, ev.every_num_samples, ev.sample_batch_size, cfg.seed + 777, device)
+        q = compute_metrics(images, ref, dataset=cfg.data.name, cfg=mcfg, device=str(device))
+        tracker.log_metrics({"fid_intermediate": q["fid"], "train_wall_clock_s": train_seconds}, step=step)
+        tracker.flush()
+
+    return on_step
+
+
+# ============================================================================================== the job
+
+def _save_grid(images: torch.Tensor, path: Path) -> None:
+    from torchvision.utils import save_image
+
+    n = images.shape[0]
+    save_image(images.float() / 255.0, path, nrow=max(1, int(n ** 0.5)), padding=1)
+
+
+def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str | None = None,
+            tags: dict | None = None, force: bool = False, progress: bool = True,
+            should_stop: Callable[[], bool] | None = None, out_dir: str | Path | None = None) -> JobResult:
+    """Run one resolved job. Exceptions mark the MLflow run FAILED with the reason and are re-raised."""
+    variant = registry.VARIANTS[cfg.variant]
+    jh, th = registry.job_hash(cfg), registry.train_hash(cfg)
+    if not force:
+        done = find_finished_run(experiment, jh)
+        if done is not None:
+            return JobResult("SKIPPED", done["run_id"], jh, done["metrics"], "a FINISHED run with this job hash exists")
+
+    workdir = runs_root() / th
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_file = workdir / f"run-{jh}.json"
+    if force:
+        for p in workdir.glob("ckpt-*.pt"):
+            p.unlink()
+        run_file.unlink(missing_ok=True)
+    (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    # Continue this job's MLflow run if an earlier attempt left one unfinished.
+    tracker = None
+    if run_file.exists():
+        rec = json.loads(run_file.read_text())
+        if rec.get("tracking_uri") == tracking_uri():
+            try:
+                tracker = Tracker.resume(rec["run_id"])
+            except Exception:
+                tracker = None
+    if tracker is None:
+        get_experiment_id(experiment)
+        device_tag = str(resolve_device(cfg.device))
+        tracker = Tracker.start(experiment, run_name=f"{cfg.variant}-{cfg.dataset}-{jh[:6]}", parent_run_id=parent_run_id,
+                                tags={"variant": cfg.variant, "dataset": cfg.dataset, "scale": cfg.scale,
+                                      "family": variant.family, "paper": variant.paper, "job_hash": jh,
+                                      "train_hash": th, "device": device_tag,
+                                      "published_row": variant.published_row or "",
+                                      "metric_backbone": resolve_backbone(cfg.eval.metrics.backbone, cfg.data.name),
+                                      **(tags or {})})
+        run_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracking_uri()}))
+    elif tags:
+        tracker.set_tags(tags)
+
+    try:
+        tracker.log_params(flatten(cfg))
+        device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        system = registry.build(cfg).to(device)
+        train_ds = load_dataset(cfg.data, "train")
+        stream = BatchStream(train_ds, cfg.train.batch_size, cfg.seed)
+
+        # Train (or resume; evaluation-only variants find their trained checkpoint in the same directory).
+        trainer = TRAINERS[variant.family]
+        result: TrainResult = trainer(cfg, system, stream, tracker, workdir, device, should_stop=should_stop,
+                                      progress=progress, on_step=_periodic_fid(cfg, system, tracker, device))
+        if result.interrupted:
+            tracker.flush()
+            return JobResult("INTERRUPTED", tracker.run_id, jh, {"train_steps": result.step})
+        train_metrics = {
+            "train_steps": result.step, "train_epochs": result.epoch, "train_wall_clock_s": result.wall_clock_s,
+            "train_images_per_s": result.images_per_s,
+            "train_s_per_epoch": len(train_ds) / result.images_per_s if result.images_per_s > 0 else float("nan"),
+        }
+        tracker.log_metrics(train_metrics, step=result.step)
+
+        # Evaluate.
+        say = (lambda s: print(f"[{cfg.variant}] {s}", flush=True)) if progress else (lambda s: None)
+        metrics, protocol, grid = evaluate(cfg, system, device, progress=say)
+        tracker.log_metrics(metrics, step=result.step)
+        tracker.set_tags({"metric_backbone_fid": protocol.get("metrics_backbone_fid", ""),
+                          "metric_implementation": protocol.get("metrics_implementation", ""),
+                          "timing_device": protocol.get("timing_device_name", ""),
+                          "timing_threads": protocol.get("timing_torch_threads", "")})
+        summary = {"variant": cfg.variant, "dataset": cfg.dataset, "job_hash": jh, "train_hash": th,
+                   "metrics": {**metrics, **train_metrics}, "protocol": {**protocol, **device_description(device)},
+                   "resumed_from_step": result.resumed_from}
+
+        # Artifacts: resolved config, evaluation summary, sample grid, final checkpoint of the sampling network.
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            (d / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            (d / "eval_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            _save_grid(grid, d / "samples.png")
+            torch.save({"version": CHECKPOINT_VERSION, "config": to_dict(cfg),
+                        "state_dict": system.sampling_network.state_dict()}, d / "final.pt")
+            for name in ("config.json", "eval_summary.json", "samples.png", "final.pt"):
+                tracker.log_artifact(d / name)
+            if out_dir is not None:
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                shutil.copy(d / "samples.png", Path(out_dir) / f"samples-{cfg.variant}.png")
+        tracker.end("FINISHED")
+        return JobResult("FINISHED", tracker.run_id, jh, summary["metrics"])
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}"
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):  # killed or requeued: resumable, not failed
+            tracker.flush()
+            tracker.client.set_terminated(tracker.run_id, status="KILLED")
+        else:
+            tracker.fail(reason)
+        raise

@@ -1,0 +1,454 @@
+"""The registry: variant name -> typed configuration + factory. Its keys are the command-line choices and
+the MLflow ``variant`` tag.
+
+    python -m bench.registry list [--dataset cifar10] [--json]
+
+prints every variant with its paper, its network's parameter count at that data set's paper configuration,
+GFLOPs per network call at batch 1 (2 x multiply-adds), NFE and the published table row it reproduces.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from bench.config import ConfigError, EvalConfig, RunConfig, apply_overrides, config_hash, to_dict, unflatten
+from bench.data import DataConfig, check_data_config, dataset_channels
+from bench.metrics import check_metrics_config
+from bench.systems import (DiffusionModelConfig, DiffusionSystem, DVDPSystem, GANModelConfig, GANSystem,
+                           space_shape)
+from bench.train import DiffusionTrainConfig, GANTrainConfig
+from models.ddgan import DDGANScheduleConfig
+from models.discriminator import DiscriminatorConfig
+from models.ddpm import DDPMConfig
+from models.dvdp import DVDPConfig
+from models.ncsnpp import NCSNppConfig
+from models.ukan import UKANConfig
+from models.unet import UNetConfig
+
+__all__ = ["Variant", "VARIANTS", "DATASET_PRESETS", "SCALES", "default_config", "resolve", "build",
+           "train_hash", "job_hash", "from_dict"]
+
+SCALES = ("tiny", "paper")
+
+# Data set presets: the data config, and which paper configuration applies. `digits` (1x32x32, embedded)
+# runs every CIFAR-10 configuration unchanged: only the channel count differs.
+DATASET_PRESETS: dict[str, tuple[DataConfig, str]] = {
+    "digits": (DataConfig(name="digits", resolution=32), "cifar10"),
+    "cifar10": (DataConfig(name="cifar10", resolution=32, hflip=True), "cifar10"),
+    "stl10": (DataConfig(name="image-folder", resolution=64, hflip=True), "stl10"),
+    "celebahq256": (DataConfig(name="image-folder", resolution=256, hflip=True), "celebahq256"),
+    "celebahq512": (DataConfig(name="image-folder", resolution=512, hflip=True), "celebahq512"),
+    "celebahq1024": (DataConfig(name="image-folder", resolution=1024, hflip=True), "celebahq1024"),
+    "lsun_church": (DataConfig(name="image-folder", resolution=256, hflip=True), "lsun_church"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str                     # command-line choice and MLflow tag
+    family: str                   # gan | diffusion | dvdp: which training loop and system
+    paper: str                    # where the method comes from
+    summary: str                  # one line: what this variant is
+    published_row: str | None     # the model name of the published table row it reproduces
+    configure: Callable[[str, str], tuple[Any, Any, dict]]   # (paper data set key, scale) -> model, train, eval
+    build: Callable[[RunConfig], Any]                        # resolved config -> system
+    trains_as: str | None = None  # evaluation-only variants reuse this variant's trained checkpoint
+
+
+# ============================================================================================== GAN family
+# Paper configurations (PAPERS.md sections 1-2). gen: nf, ch_mult, attn, n_mlp; disc: kind, layers; T.
+_GAN_PAPER: dict[str, dict[str, dict]] = {
+    "ddgan": {
+        "cifar10": dict(nf=128, ch_mult=(1, 2, 2, 2), attn=(16,), n_mlp=4, T=4, disc=("small", 4)),
+        # STL-10 at 64 px: the CIFAR-10 generator widths one level deeper (UNVERIFIED: not in PAPERS.md).
+        "stl10": dict(nf=128, ch_mult=(1, 1, 2, 2, 2), attn=(16,), n_mlp=4, T=4, disc=("small", 4)),
+        "celebahq256": dict(nf=64, ch_mult=(1, 1, 2, 2, 4, 4), attn=(16,), n_mlp=3, T=2, disc=("large", 6)),
+        "lsun_church": dict(nf=64, ch_mult=(1, 1, 2, 2, 4, 4), attn=(16,), n_mlp=3, T=4, disc=("large", 6)),
+    },
+    "wavediff": {
+        "cifar10": dict(nf=128, ch_mult=(1, 2, 2), attn=(), n_mlp=4, T=4, disc=("small", 3)),
+        "stl10": dict(nf=128, ch_mult=(1, 2, 2, 2), attn=(16,), n_mlp=4, T=4, disc=("small", 4)),
+        "celebahq256": dict(nf=64, ch_mult=(1, 2, 2, 2, 4), attn=(16,), n_mlp=3, T=2, disc=("large", 5)),
+        "celebahq512": dict(nf=64, ch_mult=(1, 1, 2, 2, 4, 4), attn=(16,), n_mlp=3, T=2, disc=("large", 6)),
+        "celebahq1024": dict(nf=64, ch_mult=(1, 1, 2, 2, 4, 4), attn=(), n_mlp=3, T=2, disc=("large", 6),
+                             patch_size=2),
+        "lsun_church": dict(nf=64, ch_mult=(1, 2, 2, 2, 4), attn=(16,), n_mlp=3, T=4, disc=("large", 5)),
+    },
+}
+# Training settings (PAPERS.md section 1 table; WaveDiff's scripts for batch sizes and epochs).
+_GAN_TRAIN: dict[str, dict] = {
+    "cifar10": dict(r1_gamma=0.02, lazy_reg=15, lr_g=1.6e-4, lr_d=1.25e-4, ema_decay=0.9999, batch_size=256,
+                    max_epochs=1800),
+    "stl10": dict(r1_gamma=0.02, lazy_reg=15, lr_g=1.6e-4, lr_d=1.25e-4, ema_decay=0.9999, batch_size=256,
+                  max_epochs=900),
+    "celebahq256": dict(r1_gamma=2.0, lazy_reg=10, lr_g=2e-4, lr_d=1e-4, ema_decay=0.9999, batch_size=64,
+                        max_epochs=500),
+    "celebahq512": dict(r1_gamma=2.0, lazy_reg=10, lr_g=2e-4, lr_d=1e-4, ema_decay=0.9999, batch_size=32,
+                        max_epochs=500),
+    "celebahq1024": dict(r1_gamma=2.0, lazy_reg=10, lr_g=2e-4, lr_d=1e-4, ema_decay=0.9999, batch_size=16,
+                         max_epochs=500),
+    "lsun_church": dict(r1_gamma=1.0, lazy_reg=10, lr_g=1.6e-4, lr_d=1e-4, ema_decay=0.999, batch_size=64,
+                        max_epochs=500),
+}
+# CPU-sized: same code, smaller widths. Calibrated on 2 CPU cores (README "make demo").
+_GAN_TINY = {
+    "ddgan": dict(nf=32, ch_mult=(1, 2, 2), attn=(), n_mlp=2, T=4, disc=("small", 3), ngf=16, num_res_blocks=1),
+    "wavediff": dict(nf=32, ch_mult=(1, 2, 2), attn=(), n_mlp=2, T=4, disc=("small", 3), ngf=16, num_res_blocks=1),
+}
+_GAN_TINY_TRAIN = dict(batch_size=64, r1_gamma=0.02, lazy_reg=15, lr_g=1.6e-4 * 4, lr_d=1.25e-4 * 4,
+                       ema_decay=0.99, max_steps=400, checkpoint_every=200)
+
+_WG_SWITCHES = ("wavelet_residual", "wavelet_updown", "wavelet_bottleneck")
+
+
+def _gan_configure(base: str, lambda_rec: float, switches: tuple[str, ...] = ()):
+    """Configuration factory for one GAN variant: ``base`` picks the architecture table (ddgan | wavediff)."""
+    wavelet = 1 if base == "wavediff" else 0
+
+    def configure(key: str, scale: str):
+        table = _GAN_PAPER[base] if scale == "paper" else {k: _GAN_TINY[base] for k in _GAN_PAPER[base]}
+        if key not in table:
+            raise ConfigError([f"no paper configuration of this variant for data set preset {key!r}; "
+                               f"available: {', '.join(table)}"])
+        p = table[key]
+        gen = NCSNppConfig(nf=p["nf"], ch_mult=p["ch_mult"], attn_resolutions=p["attn"], n_mlp=p["n_mlp"],
+                           patch_size=p.get("patch_size", 1), num_res_blocks=p.get("num_res_blocks", 2),
+                           **{s: (s in switches) for s in _WG_SWITCHES})
+        side = DATASET_PRESETS[key][0].resolution // 2**wavelet  # placeholder until the data set is known
+        disc = DiscriminatorConfig(kind=p["disc"][0], num_layers=p["disc"][1], ngf=p.get("ngf", 64), image_size=side)
+        model = GANModelConfig(wavelet_levels=wavelet, schedule=DDGANScheduleConfig(num_timesteps=p["T"]),
+                               generator=gen, discriminator=disc)
+        train = GANTrainConfig(**(_GAN_TRAIN[key] if scale == "paper" else _GAN_TINY_TRAIN), lambda_rec=lambda_rec)
+        return model, train, {}
+
+    return configure
+
+
+def _gan_derive(cfg: RunConfig, channels: int) -> RunConfig:
+    m: GANModelConfig = cfg.model
+    c, s = space_shape(channels, cfg.data.resolution, m.wavelet_levels)
+    gen = replace(m.generator, in_channels=c, out_channels=c, image_size=s)
+    disc = replace(m.discriminator, in_channels=c, image_size=s)
+    return replace(cfg, model=replace(m, generator=gen, discriminator=disc))
+
+
+def _gan_build(cfg: RunConfig) -> GANSystem:
+    return GANSystem(cfg.model)
+
+
+_GAN_DERIVED = frozenset({"model.generator.in_channels", "model.generator.out_channels",
+                          "model.generator.image_size", "model.discriminator.in_channels",
+                          "model.discriminator.image_size"})
+
+_DDGAN = "DDGAN (Xiao et al., ICLR 2022)"
+_WAVEDIFF = "WaveDiff (Phung et al., CVPR 2023)"
+VARIANTS: dict[str, Variant] = {}
+
+
+def _register(v: Variant) -> None:
+    VARIANTS[v.name] = v
+
+
+_register(Variant("ddgan", "gan", _DDGAN, "pixel-space DDGAN, NCSN++ generator with adaptive GroupNorm",
+                  "DDGAN", _gan_configure("ddgan", 0.0), _gan_build))
+_register(Variant("wavediff", "gan", _WAVEDIFF, "DDGAN on one-level Haar coefficients, plain generator, "
+                  "reconstruction term", "WaveDiff", _gan_configure("wavediff", 1.0), _gan_build))
+_register(Variant("wavediff-wg", "gan", _WAVEDIFF, "WaveDiff with the wavelet-embedded generator (all three "
+                  "components)", "WaveDiff + W-Generator", _gan_configure("wavediff", 1.0, _WG_SWITCHES),
+                  _gan_build))
+_register(Variant("wavediff-wg-no-residual", "gan", _WAVEDIFF, "W-Generator without the frequency residual "
+                  "connection", "w/o residual", _gan_configure("wavediff", 1.0, ("wavelet_updown",
+                                                                                   "wavelet_bottleneck")),
+                  _gan_build))
+_register(Variant("wavediff-wg-no-updown", "gan", _WAVEDIFF, "W-Generator without the frequency-aware "
+                  "down/up blocks", "w/o up&down", _gan_configure("wavediff", 1.0, ("wavelet_residual",
+                                                                                    "wavelet_bottleneck")),
+                  _gan_build))
+_register(Variant("wavediff-wg-no-bottleneck", "gan", _WAVEDIFF, "W-Generator without the frequency "
+                  "bottleneck", "w/o bottleneck", _gan_configure("wavediff", 1.0, ("wavelet_residual",
+                                                                                   "wavelet_updown")),
+                  _gan_build))
+_register(Variant("wavediff-no-rec", "gan", _WAVEDIFF, "WaveDiff (plain generator) without the reconstruction "
+                  "term (lambda_rec = 0)", None, _gan_configure("wavediff", 0.0), _gan_build))
+
+# ============================================================================================== DDPM family
+# PAPERS.md sections 3 and 5. Denoiser tables: (kind, paper config per data set key, tiny config).
+_UNET_PAPER = {
+    # level 0 is the pixel DDPM baseline, sized like the level-1 WDDM UNet at full resolution.
+    0: {"cifar10": dict(block_out_channels=(128, 256, 256), attention_levels=(True, True, False), dropout=0.1)},
+    1: {"cifar10": dict(block_out_channels=(128, 256, 256), attention_levels=(True, True, False), dropout=0.1),
+        "celebahq256": dict(block_out_channels=(128, 128, 256, 256, 256),
+                            attention_levels=(False, False, True, True, False), dropout=0.0)},
+    2: {"cifar10": dict(block_out_channels=(64, 128, 128), attention_levels=(True, False, False), dropout=0.1),
+        "celebahq256": dict(block_out_channels=(64, 128, 128, 256), attention_levels=(False, True, False, False),
+                            dropout=0.0)},
+}
+_UNET_TINY = dict(block_out_channels=(32, 64), attention_levels=(False, True), layers_per_block=1, dropout=0.0,
+                  norm_groups=8, attention_head_dim=8)
+# WDDM's U-KAN configs ask for attention at level 0 at level 1 (the public code silently drops it; we honour it).
+_UKAN_PAPER = {1: {"cifar10": dict(ch=128, ch_mult=(1, 2), attn=(0,), dropout=0.1)},
+               2: {"cifar10": dict(ch=128, ch_mult=(1,), attn=(), dropout=0.1)}}
+_UKAN_TINY = {1: dict(ch=32, ch_mult=(1, 2), attn=(), dropout=0.0), 2: dict(ch=32, ch_mult=(1,), attn=(), dropout=0.0)}
+_DIFF_TRAIN = {"cifar10": dict(batch_size=512, max_epochs=3000),
+               "celebahq256": dict(batch_size=64, max_epochs=500)}
+_DIFF_TINY_TRAIN = dict(batch_size=64, lr=5e-4, warmup_steps=50, max_steps=400, checkpoint_every=200)
+
+
+def _diffusion_configure(kind: str, levels: int, sampler: str = "ddpm", steps: int = 0,
+                         spacing: str = "linear"):
+    def configure(key: str, scale: str):
+        if scale == "paper":
+            table = (_UNET_PAPER if kind == "unet" else _UKAN_PAPER)[levels]
+            if key not in table:
+                raise ConfigError([f"no paper configuration of this variant for data set preset {key!r}; "
+                                   f"available: {', '.join(table)}"])
+            den = table[key]
+            train = DiffusionTrainConfig(**_DIFF_TRAIN[key], image_loss_weight=1.0 if levels else 0.0)
+        else:
+            den = _UNET_TINY if kind == "unet" else _UKAN_TINY[levels]
+            train = DiffusionTrainConfig(**_DIFF_TINY_TRAIN, image_loss_weight=1.0 if levels else 0.0)
+        # in/out channels and image size are derived from the data set (placeholders here).
+        denoiser = UNetConfig(in_channels=4**levels, image_size=32, **den) if kind == "unet" else \
+            UKANConfig(in_channels=4**levels, out_channels=4**levels, image_size=32 // 2**levels, **den)
+        model = DiffusionModelConfig(wavelet_levels=levels, process=DDPMConfig(beta_schedule="cosine"),
+                                     denoiser=denoiser)
+        return model, train, {"sampler": sampler, "steps": steps, "spacing": spacing}
+
+    return configure
+
+
+def _diffusion_derive(cfg: RunConfig, channels: int) -> RunConfig:
+    m: DiffusionModelConfig = cfg.model
+    c, s = space_shape(channels, cfg.data.resolution, m.wavelet_levels)
+    den = replace(m.denoiser, in_channels=c, out_channels=c, image_size=s)
+    return replace(cfg, model=replace(m, denoiser=den))
+
+
+def _diffusion_build(cfg: RunConfig) -> DiffusionSystem:
+    ev = cfg.eval
+    return DiffusionSystem(cfg.model, sampler=ev.sampler, steps=ev.steps, eta=ev.eta, spacing=ev.spacing)
+
+
+_DIFF_DERIVED = frozenset({"model.denoiser.in_channels", "model.denoiser.out_channels", "model.denoiser.image_size"})
+_DDPM = "DDPM (Ho et al., NeurIPS 2020)"
+_DDIM = "DDIM (Song et al., ICLR 2021)"
+_WDDM = "WDDM (Aivazoglou-Vounatsos and Mehdipour Ghazi, FAIEMA 2025)"
+
+_register(Variant("ddpm", "diffusion", _DDPM, "pixel-space DDPM, UNet (WDDM level-1 widths), 1000 ancestral steps",
+                  "DDPM", _diffusion_configure("unet", 0), _diffusion_build))
+for _n in (10, 20, 50, 100):
+    _register(Variant(f"ddim-{_n}", "diffusion", _DDIM, f"the trained ddpm model sampled with DDIM, {_n} steps, "
+                      "eta 0, quadratic sub-sequence", "DDIM" if _n == 50 else f"DDIM ({_n} steps)",
+                      _diffusion_configure("unet", 0, "ddim", _n, "quadratic"), _diffusion_build, trains_as="ddpm"))
+for _kind in ("unet", "ukan"):
+    for _lvl in (1, 2):
+        _register(Variant(f"wddm-{_kind}-l{_lvl}", "diffusion", _WDDM,
+                          f"DDPM on level-{_lvl} Haar coefficients / {2**_lvl}, {_kind.upper()} denoiser",
+                          f"WDDM {_kind.upper()} L{_lvl}", _diffusion_configure(_kind, _lvl), _diffusion_build))
+
+# ============================================================================================== DVDP
+# PAPERS.md section 4 (no public code; construction in docs/dvdp.md). The denoiser is the pixel DDPM UNet.
+_DVDP_PRESETS = {"dvdp": ((500, 2),), "dvdp-tp1": ((500, 2),), "dvdp-tp2": ((400, 2), (700, 2))}
+
+
+def _dvdp_configure(turning_points):
+    base = _diffusion_configure("unet", 0)
+
+    def configure(key: str, scale: str):
+        model, train, ev = base(key, scale)
+        proc = DVDPConfig(beta_schedule="cosine", turning_points=turning_points)
+        return replace(model, process=proc), train, ev
+
+    return configure
+
+
+def _dvdp_build(cfg: RunConfig) -> DVDPSystem:
+    ev = cfg.eval
+    return DVDPSystem(cfg.model, sampler=ev.sampler, steps=ev.steps, eta=ev.eta, spacing=ev.spacing)
+
+
+_DVDP = "DVDP (Zhang et al., CVPR 2023)"
+for _name, _tp in _DVDP_PRESETS.items():
+    _register(Variant(_name, "dvdp", _DVDP, f"dimensionality-varying DDPM, turning points {list(map(list, _tp))} "
+                      f"(model.process.turning_points), pixel UNet", "DVDP" if _name == "dvdp" else None,
+                      _dvdp_configure(_tp), _dvdp_build))
+
+_DERIVE = {"gan": _gan_derive, "diffusion": _diffusion_derive, "dvdp": _diffusion_derive}
+_DERIVED_KEYS = {"gan": _GAN_DERIVED, "diffusion": _DIFF_DERIVED, "dvdp": _DIFF_DERIVED}
+
+
+# ============================================================================================== resolution
+
+def _unknown_variant(name: str) -> str:
+    return f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}"
+
+
+def default_config(variant: str, dataset: str = "digits", scale: str = "tiny") -> RunConfig:
+    problems = []
+    if variant not in VARIANTS:
+        problems.append(_unknown_variant(variant))
+    if dataset not in DATASET_PRESETS:
+        problems.append(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_PRESETS)}")
+    if scale not in SCALES:
+        problems.append(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    if problems:
+        raise ConfigError(problems)
+    v = VARIANTS[variant]
+    data, key = DATASET_PRESETS[dataset]
+    model, train, eval_over = v.configure(key, scale)
+    ev = apply_overrides(EvalConfig(), eval_over)
+    if scale == "tiny":  # CPU-sized evaluation: the paper protocol's structure, fewer repetitions
+        ev = replace(ev, timing=replace(ev.timing, warmup=2, repeats=5))
+    return RunConfig(variant=variant, dataset=dataset, scale=scale, data=replace(data), model=model, train=train,
+                     eval=ev)
+
+
+def resolve(job: dict, check_paths: bool = True, allow_derived: bool = False) -> RunConfig:
+    """One fully resolved, validated RunConfig from a job mapping (variant, dataset, scale + overrides).
+
+    Raises :class:`ConfigError` listing every problem at once. ``allow_derived`` accepts the derived keys
+    (channels, sizes): used to rebuild a config that was already resolved (see :func:`from_dict`).
+    """
+    job = unflatten(dict(job))
+    if "variant" not in job:
+        raise ConfigError([f"missing key 'variant'; valid variants: {', '.join(VARIANTS)}"])
+    cfg = default_config(job.pop("variant"), job.pop("dataset", "digits"), job.pop("scale", "tiny"))
+    family = VARIANTS[cfg.variant].family
+    problems: list[str] = []
+    frozen = frozenset() if allow_derived else _DERIVED_KEYS.get(family, frozenset())
+    cfg = apply_overrides(cfg, job, problems=problems, frozen_keys=frozen)
+    if check_paths:
+        problems += check_data_config(cfg.data)
+    if not problems:
+        try:
+            cfg = _DERIVE[family](cfg, dataset_channels(cfg.data))
+        except (ValueError, TypeError) as e:
+            problems.append(str(e))
+    if not problems:  # value checks need well-typed values
+        problems += _check_values(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a resolved config from its dict form (a checkpoint's, a job's, an MLflow artifact's)."""
+    return resolve(d, check_paths=False, allow_derived=True)
+
+
+def _check_values(cfg: RunConfig) -> list[str]:
+    p = []
+    t = cfg.train
+    if getattr(t, "batch_size", 1) < 1:
+        p.append(f"train.batch_size must be >= 1, got {t.batch_size}")
+    if getattr(t, "lambda_rec", 0.0) < 0:
+        p.append(f"train.lambda_rec must be >= 0, got {t.lambda_rec}")
+    budgets = [getattr(t, k, None) for k in ("max_steps", "max_epochs", "max_minutes")]
+    if all(b is None for b in budgets):
+        p.append("no training budget: set one of train.max_steps, train.max_epochs, train.max_minutes")
+    if any(b is not None and b < 0 for b in budgets):
+        p.append("training budgets must be >= 0")
+    p += check_metrics_config(cfg.eval.metrics)
+    if cfg.eval.metrics.backbone == "digits-classifier" and cfg.data.name != "digits":
+        p.append("eval.metrics.backbone=digits-classifier only applies to the digits data set")
+    if VARIANTS[cfg.variant].family == "gan" and (cfg.eval.sampler != "default" or cfg.eval.steps):
+        p.append("eval.sampler / eval.steps do not apply to GAN variants (their sampler is the T-step posterior "
+                 "chain; set model.schedule.num_timesteps)")
+    if VARIANTS[cfg.variant].family != "gan":
+        if cfg.eval.sampler not in ("ddpm", "ddim"):
+            p.append(f"eval.sampler={cfg.eval.sampler!r}; valid: ddpm, ddim")
+        if cfg.eval.spacing not in ("linear", "quadratic", "leading"):
+            p.append(f"eval.spacing={cfg.eval.spacing!r}; valid: linear, quadratic, leading")
+        T = cfg.model.process.num_timesteps
+        if cfg.eval.sampler == "ddpm" and cfg.eval.steps not in (0, T):
+            p.append(f"eval.steps={cfg.eval.steps}: DDPM sampling uses all {T} steps (set 0, or eval.sampler: ddim)")
+        if not 0 <= cfg.eval.steps <= T:
+            p.append(f"eval.steps={cfg.eval.steps} must lie in [0, {T}]")
+    if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        p.append(f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
+    return p
+
+
+def build(cfg: RunConfig):
+    return VARIANTS[cfg.variant].build(cfg)
+
+
+def train_hash(cfg: RunConfig) -> str:
+    """Identifies a training run: what is trained, on what, how (not how it is evaluated or where it runs)."""
+    v = VARIANTS[cfg.variant]
+    d = to_dict(cfg)
+    return config_hash({"variant": v.trains_as or v.name, "dataset": cfg.dataset, "scale": cfg.scale,
+                        "seed": cfg.seed, "data": d["data"], "model": d["model"], "train": d["train"]})
+
+
+def job_hash(cfg: RunConfig) -> str:
+    """Identifies a job: the whole resolved config."""
+    return config_hash(cfg)
+
+
+# ============================================================================================== listing
+
+def describe(name: str, dataset: str = "cifar10") -> dict:
+    """Paper-configuration facts of one variant on one data set preset, measured on the built network."""
+    from bench.evaluate import count_flops, count_params
+    import torch
+
+    cfg = resolve({"variant": name, "dataset": dataset, "scale": "paper"}, check_paths=False)
+    with torch.device("meta"):  # shapes only: counting needs no memory and no arithmetic
+        system = build(cfg)
+        net = system.sampling_network
+        args = (torch.zeros(system.state_shape(1)), torch.zeros(1, dtype=torch.long))
+        if VARIANTS[name].family == "gan":
+            args = args + (torch.zeros(1, system.nz),)
+        flops = count_flops(net, *args)
+    return {
+        "name": name,
+        "paper": VARIANTS[name].paper,
+        "dataset": dataset,
+        "params": count_params(net),
+        "gflops_per_call": flops / 1e9,
+        "nfe": system.nfe,
+        "published_row": VARIANTS[name].published_row,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.registry", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("list", help="every variant with params, GFLOPs per call, NFE, published row")
+    ls.add_argument("--dataset", default="cifar10", help=f"data set preset ({', '.join(DATASET_PRESETS)})")
+    ls.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.dataset not in DATASET_PRESETS:
+        print(f"error: unknown dataset {args.dataset!r}; valid: {', '.join(DATASET_PRESETS)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in VARIANTS:
+        try:
+            rows.append(describe(name, args.dataset))
+        except ConfigError as e:
+            rows.append({"name": name, "paper": VARIANTS[name].paper, "dataset": args.dataset, "params": None,
+                         "gflops_per_call": None, "nfe": None, "published_row": VARIANTS[name].published_row,
+                         "note": str(e)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'variant':28s} {'params':>9s} {'GFLOPs/call':>11s} {'NFE':>5s}  {'published row':24s} paper")
+    for r in rows:
+        if r["params"] is None:
+            print(f"{r['name']:28s} {'-':>9s} {'-':>11s} {'-':>5s}  {str(r['published_row'] or '-'):24s} "
+                  f"(no {args.dataset} paper configuration)")
+            continue
+        print(f"{r['name']:28s} {r['params'] / 1e6:8.2f}M {r['gflops_per_call']:11.2f} {r['nfe']:5d}  "
+              f"{str(r['published_row'] or '-'):24s} {r['paper']}")
+    print(f"(data set preset {args.dataset}, paper configuration, batch 1; GFLOPs = 2 x multiply-adds, "
+          "torch FlopCounterMode)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

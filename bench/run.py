@@ -1,0 +1,498 @@
+"""The runner: expand a grid, validate every job, submit through submitit (local or SLURM), one MLflow run per job.
+
+    python -m bench.run --grid experiments/ablation.yaml [--executor local|slurm|auto] [--dry-run]
+                        [--cluster slurm/profiles/<profile>.yaml] [--max-parallel N] [--force]
+
+Grid YAML::
+
+    name: ablation                 # optional; default: the file name
+    experiment: wavebench          # MLflow experiment (default wavebench)
+    defaults: {dataset: digits, scale: tiny, train: {max_steps: 400}}   # partial config for every job
+    axes: {variant: [wavediff-wg, wavediff-wg-no-residual], seed: [0, 1]}  # cartesian product
+    jobs: [{variant: ddpm, eval: {sampler: ddim}}]   # explicit jobs (each is combined with the axes)
+    executor: {name: auto, max_parallel: 2, timeout_min: 120}
+    cluster: slurm/profiles/local.yaml   # or an inline mapping (partition, gpus_per_node, ...)
+
+Every problem of the whole grid is reported at once (exit code 2) before anything is submitted or logged.
+A job whose hash already has a FINISHED run is skipped (``--force`` retrains); an interrupted job resumes from
+its checkpoint and continues its MLflow run. Exit code: 0 when every job finished, 100 + N when N jobs failed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import itertools
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+
+from bench.config import ConfigError, RunConfig, to_dict
+from bench.tracking import REPO_ROOT, Tracker, tracking_uri
+
+__all__ = ["load_grid", "expand", "validate", "Grid", "JobTask", "main", "run_grid", "EXECUTORS"]
+
+EXECUTORS = ("local", "slurm", "auto")
+GRID_KEYS = ("name", "experiment", "defaults", "axes", "jobs", "executor", "cluster")
+EXECUTOR_KEYS = ("name", "max_parallel", "timeout_min")
+CLUSTER_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
+                "additional_parameters", "signal_delay_s")
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    experiment: str = "wavebench"
+    jobs: list[dict] = field(default_factory=list)        # expanded, unresolved job mappings
+    executor: dict = field(default_factory=dict)
+    cluster: dict = field(default_factory=dict)
+
+
+# ============================================================================================== grid files
+
+def find_grid(name: str) -> Path:
+    """``ablation``, ``ablation.yaml`` or a path: the bare names look in experiments/."""
+    p = Path(name)
+    candidates = [p, REPO_ROOT / "experiments" / p, REPO_ROOT / "experiments" / f"{name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    available = sorted(q.stem for q in (REPO_ROOT / "experiments").glob("*.yaml"))
+    raise ConfigError([f"grid {name!r} not found (looked at {', '.join(str(c) for c in candidates)}); "
+                       f"grids in experiments/: {', '.join(available)}"])
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError([f"malformed YAML at{where}: {getattr(e, 'problem', None) or e}"], str(path)) from None
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Deep merge: b's values win; nested mappings merge."""
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_grid(name: str) -> Grid:
+    path = find_grid(name)
+    raw = _read_yaml(path) or {}
+    problems = []
+    if not isinstance(raw, dict):
+        raise ConfigError([f"a grid is a mapping with keys {', '.join(GRID_KEYS)}"], str(path))
+    for k in raw:
+        if k not in GRID_KEYS:
+            problems.append(f"unknown grid key {k!r}; valid: {', '.join(GRID_KEYS)}")
+    defaults = raw.get("defaults") or {}
+    axes = raw.get("axes") or {}
+    jobs = raw.get("jobs") or []
+    if not isinstance(defaults, dict):
+        problems.append("defaults: expected a mapping (a partial job config)")
+        defaults = {}
+    if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+        problems.append("axes: expected a mapping from key to a non-empty list of values")
+        axes = {}
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
+        problems.append("jobs: expected a list of mappings")
+        jobs = []
+    if not axes and not jobs:
+        problems.append("the grid has no jobs: give 'axes' and/or 'jobs'")
+    executor = raw.get("executor") or {}
+    if isinstance(executor, str):
+        executor = {"name": executor}
+    for k in executor:
+        if k not in EXECUTOR_KEYS:
+            problems.append(f"unknown executor key {k!r}; valid: {', '.join(EXECUTOR_KEYS)}")
+    cluster = raw.get("cluster") or {}
+    if problems:
+        raise ConfigError(problems, str(path))
+    grid = Grid(name=raw.get("name") or path.stem, path=path, experiment=raw.get("experiment") or "wavebench",
+                executor=executor, cluster=cluster)
+    grid.jobs = expand(defaults, axes, jobs)
+    return grid
+
+
+def expand(defaults: dict, axes: dict, jobs: list[dict]) -> list[dict]:
+    """defaults <- each explicit job (or one empty job) <- each combination of the axes."""
+    keys = list(axes)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))] or [{}]
+    out = []
+    for base in jobs or [{}]:
+        for combo in combos:
+            from bench.config import unflatten
+
+            out.append(_merge(_merge(unflatten(defaults), unflatten(base)), unflatten(combo)))
+    return out
+
+
+def _job_label(i: int, job: dict) -> str:
+    bits = [str(job.get("variant", "?"))]
+    for k in ("dataset", "seed"):
+        if k in job:
+            bits.append(f"{k}={job[k]}")
+    return f"job {i} ({', '.join(bits)})"
+
+
+def validate(grid: Grid) -> list[RunConfig]:
+    """Resolve every job; raise one ConfigError naming every problem of every job."""
+    from bench import registry
+
+    configs, problems = [], []
+    seen: dict[str, int] = {}
+    for i, job in enumerate(grid.jobs):
+        try:
+            cfg = registry.resolve(job)
+        except ConfigError as e:
+            problems += [f"{_job_label(i, job)}: {p}" for p in e.problems]
+            continue
+        h = registry.job_hash(cfg)
+        if h in seen:
+            problems.append(f"{_job_label(i, job)}: identical to job {seen[h]} (same resolved config)")
+            continue
+        seen[h] = i
+        configs.append(cfg)
+    ex = grid.executor.get("name", "auto")
+    if ex not in EXECUTORS:
+        problems.append(f"executor.name={ex!r}; valid: {', '.join(EXECUTORS)}")
+    for k in grid.cluster:
+        if k not in CLUSTER_KEYS:
+            problems.append(f"unknown cluster key {k!r}; valid: {', '.join(CLUSTER_KEYS)}")
+    if problems:
+        raise ConfigError(problems, f"grid {grid.path}")
+    return configs
+
+
+def load_cluster(spec: str | dict | None) -> dict:
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return spec
+    path = Path(spec)
+    if not path.is_file() and (REPO_ROOT / spec).is_file():
+        path = REPO_ROOT / spec
+    if not path.is_file():
+        profiles = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "slurm").rglob("*.yaml"))
+        raise ConfigError([f"cluster profile {spec!r} not found; profiles: {', '.join(profiles)}"])
+    data = _read_yaml(path) or {}
+    bad = [k for k in data if k not in CLUSTER_KEYS]
+    if bad:
+        raise ConfigError([f"unknown cluster key {k!r}; valid: {', '.join(CLUSTER_KEYS)}" for k in bad], str(path))
+    return data
+
+
+# ============================================================================================== the job callable
+
+class JobTask(submitit.helpers.Checkpointable):
+    """What an executor runs: one chain of jobs that share a training hash, in order.
+
+    On SLURM the task is checkpointable: SIGUSR2 (time-out or preemption) makes the training loop save a
+    checkpoint at the next step boundary, then submitit requeues the task, which resumes from that checkpoint
+    and continues the same MLflow run.
+    """
+
+    def __init__(self, configs: list[dict], experiment: str, parent_run_id: str | None, tags: dict,
+                 force: bool = False, env: dict | None = None):
+        self.configs, self.experiment, self.parent_run_id = configs, experiment, parent_run_id
+        self.tags, self.force, self.env = tags, force, env or {}
+
+    def __call__(self) -> list[dict]:
+        from bench import registry
+        from bench.job import run_job
+
+        os.environ.update(self.env)
+        stop = threading.Event()
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        in_slurm = "SLURM_JOB_ID" in os.environ
+        if in_slurm and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
+        tags = dict(self.tags)
+        if in_slurm:
+            tags["slurm_job_id"] = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"]) + (
+                f"_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in os.environ else "")
+        results = []
+        force = self.force
+        for d in self.configs:
+            cfg = registry.from_dict(d)
+            try:
+                r = run_job(cfg, experiment=self.experiment, parent_run_id=self.parent_run_id, tags=tags, force=force,
+                            progress=False, should_stop=stop.is_set)
+            except Exception as e:  # the run is already marked FAILED with the reason
+                results.append({"job_hash": registry.job_hash(cfg), "status": "FAILED", "run_id": None,
+                                "reason": f"{type(e).__name__}: {e}", "metrics": {}})
+                continue
+            finally:
+                force = False  # later jobs of the chain share the (re)trained checkpoint
+            if r.status == "INTERRUPTED" and callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)  # submitit: checkpoint() -> requeue -> exit
+            results.append({"job_hash": r.job_hash, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
+                            "reason": r.reason})
+        return results
+
+    def checkpoint(self, *args, **kwargs):
+        """Requeue the same task: it resumes from the checkpoint the loop just wrote."""
+        return submitit.helpers.DelayedSubmission(JobTask(self.configs, self.experiment, self.parent_run_id,
+                                                          self.tags, False, self.env))
+
+
+# ============================================================================================== submission
+
+def _sbatch_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def make_executor(kind: str, folder: Path, cluster: dict, timeout_min: float):
+    if kind == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params: dict[str, Any] = {"timeout_min": int(cluster.get("timeout_min", timeout_min)),
+                                  "slurm_signal_delay_s": int(cluster.get("signal_delay_s", 90))}
+        if cluster.get("partition"):
+            params["slurm_partition"] = cluster["partition"]
+        if cluster.get("gpus_per_node"):
+            params["gpus_per_node"] = int(cluster["gpus_per_node"])
+        if cluster.get("cpus_per_task"):
+            params["cpus_per_task"] = int(cluster["cpus_per_task"])
+        if cluster.get("mem_gb"):
+            params["mem_gb"] = cluster["mem_gb"]
+        if cluster.get("array_parallelism"):
+            params["slurm_array_parallelism"] = int(cluster["array_parallelism"])
+        if cluster.get("additional_parameters"):
+            params["slurm_additional_parameters"] = dict(cluster["additional_parameters"])
+        ex.update_parameters(**params)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster="local")
+    ex.update_parameters(timeout_min=int(timeout_min))
+    return ex
+
+
+def chains(configs: list[RunConfig]) -> list[list[RunConfig]]:
+    """Jobs sharing a training hash run in one task, in order (they share one checkpoint directory)."""
+    from bench import registry
+
+    groups: dict[str, list[RunConfig]] = {}
+    for c in configs:
+        groups.setdefault(registry.train_hash(c), []).append(c)
+    return list(groups.values())
+
+
+def log_tail(job, n: int = 15) -> str:
+    lines = []
+    for getter in (job.stderr, job.stdout):
+        try:
+            text = getter() or ""
+        except Exception:
+            text = ""
+        lines += text.strip().splitlines()[-n:]
+    return "\n".join(lines[-n:])
+
+
+def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_parallel: int, cluster: dict,
+             force: bool = False, poll_s: float = 2.0, out=None) -> tuple[list[dict], str]:
+    """Submit every job (skipping FINISHED ones), follow their state, return (results, parent run id)."""
+    out = out or sys.stdout
+    from bench import registry
+    from bench.job import find_finished_run, runs_root
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = runs_root() / "submitit" / f"{grid.name}-{stamp}"
+    timeout = float(grid.executor.get("timeout_min", cluster.get("timeout_min", 240)))
+    ex = make_executor(executor, folder, cluster, timeout)
+    parent = Tracker.start(grid.experiment, run_name=f"grid-{grid.name}-{stamp}",
+                           tags={"grid": grid.name, "grid_path": str(grid.path), "executor": executor,
+                                 "kind": "grid"})
+    parent.log_params({"grid": grid.name, "num_jobs": len(configs), "executor": executor,
+                       "max_parallel": max_parallel})
+    results: dict[str, dict] = {}
+    todo = []
+    for chain in chains(configs):
+        pending = []
+        for c in chain:
+            h = registry.job_hash(c)
+            done = None if force else find_finished_run(grid.experiment, h)
+            if done:
+                results[h] = {"job_hash": h, "status": "SKIPPED", "run_id": done["run_id"], "metrics": done["metrics"],
+                              "reason": "already FINISHED"}
+                print(f"[skip] {c.variant} ({h[:8]}): FINISHED run {done['run_id']} exists", file=out, flush=True)
+            else:
+                pending.append(c)
+        if pending:
+            todo.append(pending)
+
+    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
+    for k in ("WAVEBENCH_RUNS", "WAVEBENCH_CACHE", "WAVEBENCH_ARTIFACT_ROOT"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    tags = {"grid": grid.name, "executor": executor}
+    tasks = [JobTask([to_dict(c) for c in chain], grid.experiment, parent.run_id, tags, force, env) for chain in todo]
+    names = [" + ".join(f"{c.variant}/{c.dataset}/s{c.seed}" for c in chain) for chain in todo]
+    jobs: list = []
+    states: dict[int, str] = {}
+    if executor == "slurm":
+        if max_parallel:
+            ex.update_parameters(slurm_array_parallelism=max_parallel)
+        jobs = ex.submit_array(tasks) if tasks else []
+        for i, j in enumerate(jobs):
+            print(f"[pending] {names[i]}  (SLURM job {j.job_id})", file=out, flush=True)
+            states[i] = "pending"
+    queue = list(range(len(tasks)))
+    running: dict[int, Any] = {}
+    finished: dict[int, Any] = {}
+    while len(finished) < len(tasks):
+        if executor != "slurm":  # throttle local jobs ourselves (submitit's local executor starts all at once)
+            while queue and len(running) < max(1, max_parallel):
+                i = queue.pop(0)
+                running[i] = ex.submit(tasks[i])
+                print(f"[running] {names[i]}", file=out, flush=True)
+                states[i] = "running"
+        else:
+            running = {i: j for i, j in enumerate(jobs) if i not in finished}
+        for i, j in list(running.items()):
+            try:
+                done = j.done()
+            except Exception:
+                done = False
+            if not done and executor == "slurm":
+                try:
+                    st = j.state
+                except Exception:
+                    st = "UNKNOWN"
+                new = "running" if st in ("RUNNING", "COMPLETING") else states.get(i, "pending")
+                if new != states.get(i):
+                    print(f"[{new}] {names[i]}", file=out, flush=True)
+                    states[i] = new
+            if done:
+                finished[i] = j
+                running.pop(i, None)
+                try:
+                    res = j.result()
+                    for r in res:
+                        results[r["job_hash"]] = r
+                    failed = [r for r in res if r["status"] == "FAILED"]
+                    state = "failed" if failed else "done"
+                    print(f"[{state}] {names[i]}" + (f": {failed[0]['reason']}" if failed else ""), file=out,
+                          flush=True)
+                    if failed:
+                        print(indent(log_tail(j)), file=out, flush=True)
+                except Exception as e:
+                    for c in todo[i]:
+                        h = registry.job_hash(c)
+                        results.setdefault(h, {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {},
+                                               "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[-1:]}"})
+                    print(f"[failed] {names[i]}: {type(e).__name__}", file=out, flush=True)
+                    print(indent(log_tail(j)), file=out, flush=True)
+        if len(finished) < len(tasks):
+            time.sleep(poll_s)
+
+    ordered = []
+    for c in configs:
+        h = registry.job_hash(c)
+        r = results.get(h, {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {}, "reason": "no result"})
+        ordered.append({"variant": c.variant, "dataset": c.dataset, "seed": c.seed, **r})
+    n_failed = sum(r["status"] == "FAILED" for r in ordered)
+    parent.log_metrics({"jobs_failed": n_failed, "jobs_finished": sum(r["status"] == "FINISHED" for r in ordered),
+                        "jobs_skipped": sum(r["status"] == "SKIPPED" for r in ordered)})
+    parent.log_dict({"results": ordered}, "grid_results.json")
+    parent.end("FAILED" if n_failed else "FINISHED")
+    return ordered, parent.run_id
+
+
+def indent(text: str) -> str:
+    return "\n".join("    | " + line for line in text.splitlines())
+
+
+def summary_table(results: list[dict]) -> str:
+    head = f"{'variant':26s} {'data':8s} {'seed':>4s} {'status':9s} {'FID':>8s} {'s/batch':>8s} {'train s':>8s}  run id"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        m = r.get("metrics") or {}
+
+        def f(k, fmt):
+            return format(m[k], fmt) if k in m else "-"
+
+        lines.append(f"{r['variant']:26s} {r['dataset']:8s} {r['seed']:>4d} {r['status']:9s} {f('fid', '8.3f')} "
+                     f"{f('time_mean_s', '8.3f')} {f('train_wall_clock_s', '8.1f')}  {r.get('run_id') or '-'}")
+        if r["status"] == "FAILED" and r.get("reason"):
+            lines.append(f"    reason: {r['reason']}")
+    return "\n".join(lines)
+
+
+def dry_run_table(configs: list[RunConfig]) -> str:
+    from bench import registry
+
+    head = f"{'#':>3s} {'variant':26s} {'dataset':12s} {'scale':6s} {'seed':>4s} {'budget':18s} {'job hash':16s} train hash"
+    lines = [head, "-" * len(head)]
+    for i, c in enumerate(configs):
+        t = c.train
+        budget = ", ".join(f"{k}={getattr(t, k)}" for k in ("max_steps", "max_epochs", "max_minutes")
+                           if getattr(t, k) is not None)
+        lines.append(f"{i:>3d} {c.variant:26s} {c.dataset:12s} {c.scale:6s} {c.seed:>4d} {budget:18s} "
+                     f"{registry.job_hash(c):16s} {registry.train_hash(c)}")
+    return "\n".join(lines)
+
+
+def resolve_executor(requested: str) -> str:
+    if requested == "auto":
+        return "slurm" if _sbatch_available() else "local"
+    if requested == "slurm" and not _sbatch_available():
+        raise ConfigError(["--executor slurm: sbatch is not on PATH (start a cluster with "
+                           "`slurm/local-cluster.sh up`, or use --executor local)"])
+    return requested
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description="Run a grid of wavebench jobs.")
+    ap.add_argument("--grid", required=True, help="grid YAML (a path, or a name in experiments/)")
+    ap.add_argument("--executor", choices=EXECUTORS, default=None, help="default: the grid's, else auto")
+    ap.add_argument("--cluster", default=None, help="SLURM profile YAML (e.g. slurm/profiles/local.yaml)")
+    ap.add_argument("--max-parallel", type=int, default=None, help="jobs running at once")
+    ap.add_argument("--dry-run", action="store_true", help="print the expanded jobs and exit")
+    ap.add_argument("--force", action="store_true", help="retrain jobs that already have a FINISHED run")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+        configs = validate(grid)
+        cluster = load_cluster(args.cluster if args.cluster else grid.cluster or None)
+        executor = args.executor or grid.executor.get("name", "auto")
+        if args.dry_run:
+            print(f"grid {grid.name} ({grid.path}): {len(configs)} jobs, experiment {grid.experiment}")
+            print(dry_run_table(configs))
+            return 0
+        executor = resolve_executor(executor)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    max_parallel = args.max_parallel or int(grid.executor.get("max_parallel", 1))
+    print(f"grid {grid.name}: {len(configs)} jobs, executor {executor}, max parallel {max_parallel}, "
+          f"tracking {tracking_uri()}", flush=True)
+    results, parent_id = run_grid(grid, configs, executor=executor, max_parallel=max_parallel, cluster=cluster,
+                                  force=args.force)
+    print()
+    print(summary_table(results))
+    print(f"\nparent run {parent_id} in experiment {grid.experiment!r}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    n_failed = sum(r["status"] == "FAILED" for r in results)
+    return 100 + min(n_failed, 99) if n_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Systems: a variant's networks + its process + the space it diffuses in, behind one interface.
+
+Every system exposes what training and evaluation need and nothing else:
+
+- ``encode(x)`` / ``decode(y)``: image [-1, 1] <-> diffusion space (pixels, or Haar coefficients / 2^levels);
+- ``state_shape(n)``: shape of the initial noise x_T for ``n`` samples;
+- ``sample(x_T, rng)``: the whole sampler, final inverse transform included, returning images in [-1, 1];
+- ``sampling_network``: the module called once per network function evaluation (for NFE and FLOPs);
+- ``networks``: named modules whose parameters are counted and checkpointed.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.ddgan import DDGANProcess, DDGANScheduleConfig
+from models.ddpm import SAMPLERS, DDPMConfig, GaussianDiffusion
+from models.dvdp import DVDPProcess
+from models.discriminator import Discriminator, DiscriminatorConfig
+from models.ncsnpp import NCSNppConfig, NCSNppGenerator
+from models.ukan import UKAN
+from models.unet import UNet, UNetConfig
+from models.wavelet import wavelet_decode, wavelet_encode
+
+__all__ = ["GANModelConfig", "GANSystem", "DiffusionModelConfig", "DiffusionSystem", "DVDPSystem", "space_shape"]
+
+
+def space_shape(channels: int, resolution: int, wavelet_levels: int) -> tuple[int, int]:
+    """(channels, side) of the diffusion space for images (channels, resolution, resolution)."""
+    return channels * 4**wavelet_levels, resolution // 2**wavelet_levels
+
+
+class _Space:
+    wavelet_levels: int
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return wavelet_encode(x, self.wavelet_levels) if self.wavelet_levels else x
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        return wavelet_decode(y, self.wavelet_levels) if self.wavelet_levels else y
+
+
+@dataclass
+class GANModelConfig:
+    wavelet_levels: int = 0          # 0: pixel space (DDGAN); 1: one-level Haar coefficients / 2 (WaveDiff)
+    schedule: DDGANScheduleConfig = field(default_factory=DDGANScheduleConfig)
+    generator: NCSNppConfig = field(default_factory=NCSNppConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+
+
+class GANSystem(_Space):
+    """DDGAN / WaveDiff: x0-predicting generator G(x_{t+1}, t, z), discriminator D, EMA copy of G."""
+
+    family = "gan"
+
+    def __init__(self, cfg: GANModelConfig):
+        self.cfg = cfg
+        self.wavelet_levels = cfg.wavelet_levels
+        self.process = DDGANProcess(cfg.schedule)
+        self.G = NCSNppGenerator(cfg.generator)
+        self.D = Discriminator(cfg.discriminator)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.nz = cfg.generator.nz
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.G, "discriminator": self.D}
+
+    @property
+    def sampling_network(self) -> nn.Module:
+        return self.G_ema
+
+    @property
+    def nfe(self) -> int:
+        """Network calls per sample as configured (evaluation counts them with a hook instead)."""
+        return self.process.num_timesteps
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Everything with state (checkpointed)."""
+        return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
+
+    def to(self, device: torch.device) -> "GANSystem":
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        g = self.cfg.generator
+        return (n, g.in_channels, g.image_size, g.image_size)
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        y = self.process.sample(self.G_ema, x_T, self.nz, generator_rng=rng)
+        return self.decode(y).clamp(-1, 1)
+
+
+@dataclass
+class DiffusionModelConfig:
+    wavelet_levels: int = 0          # 0: pixels (DDPM); 1: 4C x H/2 (WDDM level 1); 2: 16C x H/4 (level 2)
+    process: DDPMConfig = field(default_factory=DDPMConfig)
+    denoiser: Any = None             # UNetConfig (UNet) or UKANConfig (U-KAN)
+    ema: bool = False                # keep an EMA copy of the denoiser (decay: train.ema_decay)
+
+
+class DiffusionSystem(_Space):
+    """DDPM / WDDM: an epsilon- (or x0-) predicting denoiser, sampled with DDPM or DDIM."""
+
+    family = "diffusion"
+
+    def __init__(self, cfg: DiffusionModelConfig, sampler: str = "ddpm", steps: int = 0, eta: float = 0.0,
+                 spacing: str = "linear"):
+        self.cfg = cfg
+        self.wavelet_levels = cfg.wavelet_levels
+        self.diffusion = GaussianDiffusion(cfg.process)
+        self.denoiser = UNet(cfg.denoiser) if isinstance(cfg.denoiser, UNetConfig) else UKAN(cfg.denoiser)
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval() if cfg.ema else None
+        if sampler not in SAMPLERS:
+            raise ValueError(f"eval.sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
+        self.sampler = sampler
+        self.steps = steps or (cfg.process.num_timesteps if sampler == "ddpm" else 50)
+        self.sampler_kwargs = {"eta": eta, "spacing": spacing} if sampler == "ddim" else {}
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        return {"denoiser": self.denoiser}
+
+    @property
+    def sampling_network(self) -> nn.Module:
+        return self.ema if self.ema is not None else self.denoiser
+
+    @property
+    def nfe(self) -> int:
+        return self.steps
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"denoiser": self.denoiser, **({"ema": self.ema} if self.ema is not None else {})}
+
+    def to(self, device: torch.device) -> "DiffusionSystem":
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        d = self.cfg.denoiser
+        return (n, d.in_channels, d.image_size, d.image_size)
+
+    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MSE on the prediction target (random t per sample), and the image-space smooth-L1 of x0_hat taken at
+        each sample's own t (WDDM's auxiliary term, done right)."""
+        x0 = self.encode(images)
+        mse, x0_hat = self.diffusion.loss(self.denoiser, x0)
+        return {"loss": mse, "loss_image": F.smooth_l1_loss(self.decode(x0_hat), images)}
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        y = SAMPLERS[self.sampler](self.diffusion, self.sampling_network, x_T, steps=self.steps, generator=rng,
+                                   **self.sampler_kwargs)
+        return self.decode(y).clamp(-1, 1)
+
+
+class DVDPSystem(DiffusionSystem):
+    """DVDP: one UNet (fully convolutional) denoises every stage at that stage's resolution; the state shrinks
+    2x at each turning point (models/dvdp.py, docs/dvdp.md)."""
+
+    family = "dvdp"
+
+    def __init__(self, cfg: DiffusionModelConfig, sampler: str = "ddpm", steps: int = 0, eta: float = 0.0,
+                 spacing: str = "linear"):
+        if cfg.wavelet_levels:
+            raise ValueError("DVDP runs in pixel space (model.wavelet_levels must be 0)")
+        super().__init__(replace(cfg, process=cfg.process.ddpm_config()), sampler, steps, eta, spacing)
+        self.cfg = cfg
+        self.process = DVDPProcess(cfg.process)
+        self.steps = steps or (cfg.process.num_timesteps if sampler == "ddpm" else 50)
+
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        d = self.cfg.denoiser
+        return self.process.state_shape(n, d.image_size, d.in_channels)
+
+    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        mse, x0_hat = self.process.loss(self.denoiser, images)
+        return {"loss": mse, "loss_image": F.smooth_l1_loss(x0_hat, images)}
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        kw = {"eta": self.sampler_kwargs.get("eta", 0.0), "spacing": self.sampler_kwargs.get("spacing", "linear")}
+        return self.process.sample(self.sampling_network, x_T, sampler=self.sampler, steps=self.steps,
+                                   generator=rng, **kw).clamp(-1, 1)

@@ -1,0 +1,418 @@
+"""Training loops. One shared loop (budgets, data order, logging, checkpoints, resume, NaN rule, progress) and
+one update function per family:
+
+- :func:`train_gan`: DDGAN / WaveDiff, non-saturating adversarial loss, lazy R1, reconstruction term, EMA of G;
+- :func:`train_diffusion`: DDPM-family denoisers, MSE (+ image-space smooth-L1), AdamW, grad clip, warm-up +
+  cosine, optional EMA.
+
+Checkpoints hold the state of every module, optimiser and scheduler, the RNGs and the step, plus the resolved
+config and a format version; they are written atomically (temp file + rename) and a corrupt latest checkpoint
+falls back to the previous one. Resuming from a checkpoint gives the same next step as not stopping.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from bench.data import InMemoryImages
+
+__all__ = ["GANTrainConfig", "DiffusionTrainConfig", "TrainResult", "NonFiniteLoss", "Checkpointer",
+           "BatchStream", "run_loop", "train_gan", "train_diffusion", "CHECKPOINT_VERSION", "ema_update"]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class GANTrainConfig:
+    batch_size: int = 64              # images per optimisation step (all devices together)
+    max_steps: int | None = None      # budgets: training stops at the first one reached
+    max_epochs: float | None = None   #   (epochs of the training split)
+    max_minutes: float | None = None  #   (training wall-clock, summed over resumptions)
+    checkpoint_every: int = 500       # steps between checkpoints (one is always written at the end)
+    log_every: int = 10               # steps between logged training losses
+    lr_g: float = 1.6e-4              # Adam learning rate of the generator
+    lr_d: float = 1.25e-4             # Adam learning rate of the discriminator
+    beta1: float = 0.5                # Adam betas (DDGAN: 0.5, 0.9)
+    beta2: float = 0.9
+    lr_min: float = 1e-5              # cosine schedule floor (over the step or epoch budget; constant if minutes only)
+    r1_gamma: float = 0.02            # R1 weight: (gamma / 2) E||grad_x D(x_t)||^2 on real x_t
+    lazy_reg: int = 15                # R1 every this many steps (not rescaled, as in DDGAN)
+    ema_decay: float = 0.9999         # EMA of G's weights, every step
+    lambda_rec: float = 0.0           # weight of the L1 reconstruction term || G(x_{t+1}) - x0 ||_1 (WaveDiff: 1)
+
+
+@dataclass
+class DiffusionTrainConfig:
+    batch_size: int = 128             # images per optimisation step
+    max_steps: int | None = None      # budgets, as for GANTrainConfig
+    max_epochs: float | None = None
+    max_minutes: float | None = None
+    checkpoint_every: int = 500       # steps between checkpoints
+    log_every: int = 10               # steps between logged losses
+    lr: float = 1e-4                  # AdamW learning rate (WDDM: 1e-4)
+    weight_decay: float = 1e-2        # AdamW weight decay (WDDM: 1e-2)
+    grad_clip: float = 1.0            # max gradient norm (0 = off)
+    warmup_steps: int = 1000          # linear warm-up, then cosine to 0 over the budget
+    ema_decay: float = 0.0            # EMA of the denoiser (0 = none; WDDM uses none)
+    image_loss_weight: float = 0.0    # smooth-L1 between decode(x0_hat) and x0, x0_hat at each sample's own t
+
+
+@dataclass
+class TrainResult:
+    step: int                         # optimisation steps done in total
+    epoch: float                      # epochs done in total
+    wall_clock_s: float               # training time, summed over resumptions
+    images_per_s: float               # throughput of this session's steps
+    resumed_from: int | None = None   # step of the checkpoint this session started from
+    interrupted: bool = False         # stopped by a request (preemption), not by the budget
+    history: dict = field(default_factory=dict)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or inf: the run is stopped and marked FAILED with this message."""
+
+
+# ============================================================================================== checkpoints
+
+class Checkpointer:
+    """``<workdir>/ckpt-<step>.pt``, atomic writes, keeps the newest ``keep``; falls back past corrupt files."""
+
+    def __init__(self, workdir: str | Path, keep: int = 2):
+        self.dir = Path(workdir)
+        self.keep = keep
+
+    def paths(self) -> list[Path]:
+        return sorted(self.dir.glob("ckpt-*.pt"))
+
+    def save(self, state: dict, step: int) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"ckpt-{step:09d}.pt"
+        tmp = self.dir / f".{path.name}.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        for old in self.paths()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, map_location="cpu") -> dict | None:
+        for path in reversed(self.paths()):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True)
+            except Exception as e:  # truncated or corrupt: warn and fall back to the previous one
+                warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                              "falling back to the previous one")
+        return None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(obj):
+    """numpy RNG state -> lists/ints so the checkpoint loads with weights_only=True."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, tuple):
+        return tuple(_to_plain(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_plain(o) for o in obj]
+    return obj
+
+
+def _from_plain_numpy(state: tuple) -> tuple:
+    return tuple(s.numpy() if isinstance(s, torch.Tensor) else s for s in state)
+
+
+# ============================================================================================== data order
+
+class BatchStream:
+    """Deterministic batches: epoch e uses a permutation seeded by (seed, e); step k is batch k mod
+    steps_per_epoch of its epoch, so a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0):
+        if len(dataset) < batch_size:
+            raise ValueError(f"train.batch_size={batch_size} exceeds the training split ({len(dataset)} images)")
+        self.ds, self.bs, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
+        self.steps_per_epoch = len(dataset) // batch_size
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.ds), generator=g)
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        idx = self._perm(epoch)[k * self.bs:(k + 1) * self.bs]
+        if isinstance(self.ds, InMemoryImages):
+            x = self.ds.images[idx].float() / 127.5 - 1.0
+            if self.ds.hflip:
+                g = torch.Generator().manual_seed(self.seed * 7_919 + step)
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                x[flip] = x[flip].flip(-1)
+            return x
+        loader = DataLoader(torch.utils.data.Subset(self.ds, idx.tolist()), batch_size=self.bs,
+                            num_workers=self.num_workers)
+        return next(iter(loader))[0]
+
+
+# ============================================================================================== shared loop
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+        for be, b in zip(ema.buffers(), model.buffers()):
+            be.copy_(b)
+
+
+def total_steps(t, steps_per_epoch: int) -> int | None:
+    """The step horizon of the LR schedule, when the budget fixes one."""
+    horizons = []
+    if t.max_steps is not None:
+        horizons.append(t.max_steps)
+    if t.max_epochs is not None:
+        horizons.append(int(math.ceil(t.max_epochs * steps_per_epoch)))
+    return min(horizons) if horizons else None
+
+
+def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers: dict,
+             update: Callable[[torch.Tensor, int], dict], stream: BatchStream, tracker, workdir: str | Path,
+             device: torch.device, should_stop: Callable[[], bool] | None = None,
+             progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """The loop every family shares. ``update(batch, step)`` does one optimisation step and returns its losses
+    (floats); everything else (budgets, resume, checkpoints, logging, NaN rule) happens here.
+    ``on_step(step, training_seconds)`` runs after every step (e.g. periodic evaluation); its time is not
+    counted as training time."""
+    t = cfg.train
+    ckpt = Checkpointer(workdir)
+
+    # Resume from the latest readable checkpoint of this training hash.
+    step, elapsed, resumed_from = 0, 0.0, None
+    state = ckpt.load_latest()
+    if state is not None:
+        for name, m in modules.items():
+            m.load_state_dict(state["modules"][name])
+        for name, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][name])
+        for name, s in schedulers.items():
+            s.load_state_dict(state["schedulers"][name])
+        rng = state["rng"]
+        rng["numpy"] = _from_plain_numpy(rng["numpy"])
+        _set_rng_state(rng)
+        step, elapsed, resumed_from = state["step"], state["elapsed_s"], state["step"]
+        tracker.set_tags({"resumed_from_step": step})
+
+    def save() -> None:
+        ckpt.save({
+            "version": CHECKPOINT_VERSION,
+            "config": _config_dict(cfg),
+            "step": step,
+            "elapsed_s": elapsed,
+            "modules": {n: m.state_dict() for n, m in modules.items()},
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+            "rng": _to_plain(_rng_state()),
+        }, step)
+
+    def budget_left() -> bool:
+        if t.max_steps is not None and step >= t.max_steps:
+            return False
+        if t.max_epochs is not None and step >= t.max_epochs * stream.steps_per_epoch:
+            return False
+        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
+            return False
+        return True
+
+    horizon = total_steps(t, stream.steps_per_epoch)
+    bar = tqdm(total=horizon, initial=step, disable=not progress, desc=cfg.variant, mininterval=2.0,
+               file=sys.stderr, unit="step")
+    session_steps, session_time, interrupted = 0, 0.0, False
+    history: dict[str, list] = {}
+    last_ckpt = step
+    while budget_left():
+        if should_stop is not None and should_stop():
+            interrupted = True
+            break
+        t0 = time.perf_counter()
+        x = stream.batch(step).to(device, non_blocking=True)
+        losses = update(x, step)
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteLoss(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        step += 1
+        elapsed += dt
+        session_steps += 1
+        session_time += dt
+        for s in schedulers.values():
+            s.step()
+        if step % t.log_every == 0 or step == 1:
+            lr = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in optimizers.items()}
+            tracker.log_metrics({**losses, **lr, "sec_per_step": dt, "epoch": step / stream.steps_per_epoch},
+                                step=step)
+            for k, v in losses.items():
+                history.setdefault(k, []).append((step, v))
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        bar.update(1)
+        if step - last_ckpt >= t.checkpoint_every:
+            save()
+            last_ckpt = step
+        if on_step is not None:
+            on_step(step, elapsed)
+    bar.close()
+    save()
+    tracker.flush()
+    ips = session_steps * t.batch_size / session_time if session_time > 0 else float("nan")
+    return TrainResult(step=step, epoch=step / stream.steps_per_epoch, wall_clock_s=elapsed, images_per_s=ips,
+                       resumed_from=resumed_from, interrupted=interrupted, history=history)
+
+
+def _config_dict(cfg) -> dict:
+    from bench.config import to_dict
+
+    return to_dict(cfg)
+
+
+def _lr_lambda(horizon: int | None, warmup: int, floor_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor_ratio`` over the horizon."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if horizon is None or horizon <= warmup:
+            return 1.0
+        p = min(1.0, (step - warmup) / (horizon - warmup))
+        return floor_ratio + (1 - floor_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return f
+
+
+# ============================================================================================== GAN family
+
+def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.device,
+              should_stop: Callable[[], bool] | None = None, progress: bool = True,
+              on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """DDGAN / WaveDiff training (PAPERS.md sections 1-2) on the system's diffusion space."""
+    t: GANTrainConfig = cfg.train
+    G, D, G_ema, process = system.G, system.D, system.G_ema, system.process
+    T = process.num_timesteps
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+    horizon = total_steps(t, stream.steps_per_epoch)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_g)))
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_d)))
+    G.train()
+    D.train()
+
+    def update(images: torch.Tensor, step: int) -> dict:
+        x0 = system.encode(images)
+        b = x0.shape[0]
+
+        # Discriminator: real pairs (x_t, x_{t+1}) against fake x_t drawn from the posterior with G's x0.
+        D.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        tt = torch.randint(0, T, (b,), device=x0.device)
+        x_t, x_tp1 = process.q_sample_pairs(x0, tt)
+        r1_step = t.r1_gamma > 0 and step % t.lazy_reg == 0
+        x_t.requires_grad_(r1_step)
+        d_real = D(x_t, tt, x_tp1.detach())
+        loss_d_real = F.softplus(-d_real).mean()
+        r1 = torch.zeros((), device=x0.device)
+        if r1_step:
+            (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
+            r1 = t.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
+        z = torch.randn(b, system.nz, device=x0.device)
+        with torch.no_grad():
+            x0_fake = G(x_tp1, tt, z)
+        x_fake = process.posterior_sample(x0_fake, x_tp1, tt)
+        loss_d_fake = F.softplus(D(x_fake, tt, x_tp1)).mean()
+        (loss_d_real + loss_d_fake + r1).backward()
+        opt_d.step()
+
+        # Generator: fool D on fresh pairs; WaveDiff adds lambda_rec * L1 on the predicted clean coefficients.
+        D.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        tt = torch.randint(0, T, (b,), device=x0.device)
+        x_t, x_tp1 = process.q_sample_pairs(x0, tt)
+        z = torch.randn(b, system.nz, device=x0.device)
+        x0_pred = G(x_tp1, tt, z)
+        x_fake = process.posterior_sample(x0_pred, x_tp1, tt)
+        loss_g_adv = F.softplus(-D(x_fake, tt, x_tp1)).mean()
+        loss_rec = F.l1_loss(x0_pred, x0)
+        loss_g = loss_g_adv + t.lambda_rec * loss_rec if t.lambda_rec > 0 else loss_g_adv
+        loss_g.backward()
+        opt_g.step()
+        ema_update(G_ema, G, t.ema_decay)
+
+        out = {"loss_d": (loss_d_real + loss_d_fake).item(), "loss_d_real": loss_d_real.item(),
+               "loss_d_fake": loss_d_fake.item(), "loss_g": loss_g_adv.item(), "loss_rec": loss_rec.item()}
+        if r1_step:
+            out["r1"] = r1.item()
+        return out
+
+    return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
+                    schedulers={"g": sched_g, "d": sched_d}, update=update, stream=stream, tracker=tracker,
+                    workdir=workdir, device=device, should_stop=should_stop, progress=progress, on_step=on_step)
+
+
+# ============================================================================================== diffusion family
+
+def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: torch.device,
+                    should_stop: Callable[[], bool] | None = None, progress: bool = True,
+                    on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """DDPM-family training (PAPERS.md section 3): MSE on the prediction target at a random t per sample, plus
+    ``image_loss_weight`` x smooth-L1 between the decoded x0_hat (at each sample's own t) and the image."""
+    t: DiffusionTrainConfig = cfg.train
+    net = system.denoiser
+    opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    horizon = total_steps(t, stream.steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(horizon, t.warmup_steps, 0.0))
+    net.train()
+
+    def update(images: torch.Tensor, step: int) -> dict:
+        opt.zero_grad(set_to_none=True)
+        losses = system.loss(images)
+        loss = losses["loss"] + (t.image_loss_weight * losses["loss_image"] if t.image_loss_weight > 0 else 0.0)
+        loss.backward()
+        grad_norm = None
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+        opt.step()
+        if system.ema is not None:
+            ema_update(system.ema, net, t.ema_decay)
+        out = {k: v.item() for k, v in losses.items()}
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        return out
+
+    return run_loop(cfg, modules=system.modules(), optimizers={"denoiser": opt}, schedulers={"denoiser": sched},
+                    update=update, stream=stream, tracker=tracker, workdir=workdir, device=device,
+                    should_stop=should_stop, progress=progress, on_step=on_step)

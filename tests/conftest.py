@@ -1,0 +1,81 @@
+"""Shared fixtures: a real temporary MLflow store and run directory, the local SLURM cluster, and micro-sized
+job overrides."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store, artifact root and run directory under tmp_path (set through the env vars
+    the suite reads, so subprocesses started by the runner see them too)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("WAVEBENCH_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("WAVEBENCH_RUNS", str(tmp_path / "runs"))
+    return uri
+
+
+GAN_MICRO = {"model.generator.nf": 16, "model.generator.ch_mult": [1, 2], "model.generator.n_mlp": 1,
+             "model.generator.z_emb_dim": 32, "model.generator.nz": 16, "model.discriminator.ngf": 8,
+             "model.discriminator.num_layers": 2, "model.discriminator.t_emb_dim": 32}
+DIFF_MICRO = {"model.denoiser.block_out_channels": [16, 32], "model.denoiser.norm_groups": 4,
+              "eval.sampler": "ddim", "eval.steps": 3}
+UKAN_MICRO = {"model.denoiser.ch": 16, "eval.sampler": "ddim", "eval.steps": 3}
+EVAL_MICRO = {"eval.metrics.num_samples": 24, "eval.sample_batch_size": 24, "eval.grid_images": 4,
+              "eval.timing.batch_size": 4, "eval.timing.warmup": 0, "eval.timing.repeats": 2,
+              "eval.metrics.kid_subsets": 5}
+
+
+def micro(variant: str, **extra) -> dict:
+    """A job mapping for ``variant`` at the smallest size that still exercises every code path."""
+    from bench import registry
+
+    fam = registry.VARIANTS[variant].family
+    model = GAN_MICRO if fam == "gan" else (UKAN_MICRO if "ukan" in variant else DIFF_MICRO)
+    if variant.startswith("ddim-"):
+        model = {k: v for k, v in model.items() if not k.startswith("eval.")}
+    job = {"variant": variant, "dataset": "digits", "scale": "tiny", "device": "cpu", "train.max_steps": 2,
+           "train.batch_size": 16, "train.checkpoint_every": 1000, **model, **EVAL_MICRO}
+    job.update(extra)
+    return job
+
+
+def _slurm_unavailable() -> str | None:
+    """Why the local cluster cannot be used, or None when its node accepts jobs."""
+    if shutil.which("sinfo") is None:
+        return "sinfo is not on PATH (start the cluster with: slurm/local-cluster.sh up)"
+    try:
+        # scontrol ping answers at once; sinfo retries an absent controller for about 10 s.
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        if "is UP" not in ping.stdout:
+            why = (ping.stderr.strip().splitlines() or ping.stdout.strip().splitlines()[:1] or ["no answer"])[-1]
+            return f"the SLURM cluster is down ({why}); start it with: slurm/local-cluster.sh up"
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "scontrol/sinfo timed out: the SLURM cluster is down (slurm/local-cluster.sh up)"
+    states = out.stdout.split()
+    if out.returncode != 0 or not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
+        why = (out.stderr.strip() or " ".join(states) or "no node").splitlines()[-1]
+        return f"the SLURM cluster is down ({why}); start it with: slurm/local-cluster.sh up"
+    return None
+
+
+
+@pytest.fixture(scope="module")
+def slurm_up():
+    """The one-node cluster of slurm/local-cluster.sh: skip when it is down, fail instead when
+    WAVEBENCH_REQUIRE_SLURM=1 (CI brings it up and must not skip these tests)."""
+    conf = Path(os.environ.get("WAVEBENCH_SLURM_DIR", "/tmp/wavebench-slurm")) / "etc" / "slurm.conf"
+    with pytest.MonkeyPatch.context() as env:
+        if "SLURM_CONF" not in os.environ and conf.exists():
+            env.setenv("SLURM_CONF", str(conf))  # the local cluster's config, also when /etc holds another one
+        reason = _slurm_unavailable()
+        if reason is not None:
+            if os.environ.get("WAVEBENCH_REQUIRE_SLURM") == "1":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        yield

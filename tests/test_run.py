@@ -1,0 +1,84 @@
+import subprocess
+import sys
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from bench import run
+from bench.config import ConfigError
+from conftest import EVAL_MICRO, GAN_MICRO, micro
+
+import pytest
+
+
+def _grid(tmp_path, name="g", **over):
+    g = {"name": name, "experiment": "grid-test",
+         "defaults": {k: v for k, v in micro("wavediff").items() if k != "variant"},
+         "axes": {"variant": ["wavediff", "wavediff-no-rec"]}, "executor": {"name": "local", "max_parallel": 1,
+                                                                          "timeout_min": 10}}
+    g.update(over)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(g))
+    return p
+
+
+def test_expand_defaults_jobs_and_axes():
+    jobs = run.expand({"dataset": "digits", "train": {"max_steps": 5}}, {"seed": [0, 1]},
+                      [{"variant": "ddpm"}, {"variant": "ddgan", "train.max_steps": 7}])
+    assert len(jobs) == 4
+    assert jobs[3] == {"dataset": "digits", "train": {"max_steps": 7}, "variant": "ddgan", "seed": 1}
+
+
+def test_bare_grid_names_and_dry_run(capsys):
+    for name in ("demo", "demo.yaml", "experiments/demo.yaml"):
+        assert run.find_grid(name).name == "demo.yaml"
+    assert run.main(["--grid", "demo", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "ddgan" in out and "wavediff" in out and "job hash" in out
+    with pytest.raises(ConfigError, match="grids in experiments/: .*demo"):
+        run.find_grid("nope")
+
+
+def test_invalid_grid_reports_everything_and_logs_nothing(store, tmp_path, capsys):
+    p = _grid(tmp_path, axes={"variant": ["wavediff", "wavediffx"], "train.lr_g": ["fast"]},
+              jobs=[{"eval": {"sampler": "ddim"}}], executor={"name": "pbs"})
+    assert run.main(["--grid", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "job 0 (wavediff" in err and "train.lr_g: expected a number, got 'fast'" in err
+    assert "unknown variant 'wavediffx'; valid: ddgan" in err
+    assert "executor.name='pbs'; valid: local, slurm, auto" in err
+    assert MlflowClient(store).get_experiment_by_name("grid-test") is None  # nothing logged
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("axes:\n  variant: [a\n  b: c\n")
+    assert run.main(["--grid", str(bad)]) == 2
+    assert "malformed YAML at line 3" in capsys.readouterr().err
+
+
+def test_local_grid_runs_child_runs_under_a_parent_and_skips_on_rerun(store, tmp_path, capsys):
+    p = _grid(tmp_path)
+    assert run.main(["--grid", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "[running] wavediff/digits/s0" in out and "[done] wavediff-no-rec/digits/s0" in out
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("grid-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "grid"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(c.info.status == "FINISHED" and c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and
+               c.data.tags["grid"] == "g" and c.data.tags["executor"] == "local" for c in children)
+    assert {c.data.tags["variant"] for c in children} == {"wavediff", "wavediff-no-rec"}
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["jobs_finished"] == 2
+    # Same grid again: both skipped, nothing retrained.
+    assert run.main(["--grid", str(p)]) == 0
+    assert capsys.readouterr().out.count("[skip]") == 2
+    assert len([r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]) == 2
+
+
+def test_a_failing_job_does_not_stop_the_grid(store, tmp_path, capsys):
+    p = _grid(tmp_path, name="f", jobs=[{"train": {"lr_g": 1e25, "lr_d": 1e25, "max_steps": 30}}, {}],
+              axes={"variant": ["ddgan"]},
+              defaults={k: v for k, v in micro("ddgan").items() if k != "variant"})
+    assert run.main(["--grid", str(p)]) == 101
+    out = capsys.readouterr().out
+    assert "[failed]" in out and "non-finite loss" in out and "FINISHED" in out

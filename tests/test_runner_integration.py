@@ -1,0 +1,104 @@
+"""The runner against real components: the one-node SLURM cluster (requeue included) and a real MLflow server."""
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from bench import run
+from conftest import micro
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _grid_file(tmp_path, variants, name, **defaults):
+    job = {k: v for k, v in micro(variants[0]).items() if k != "variant"}
+    job.update(defaults)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({"name": name, "experiment": name, "defaults": job, "axes": {"variant": variants}}))
+    return p
+
+
+def _children(uri, experiment):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.mark.slurm
+def test_two_job_grid_through_slurm(slurm_up, store, tmp_path):
+    p = _grid_file(tmp_path, ["wavediff", "wavediff-no-rec"], "slurm2")
+    rc = run.main(["--grid", str(p), "--executor", "slurm", "--cluster", str(ROOT / "slurm/profiles/local.yaml")])
+    assert rc == 0
+    kids = _children(store, "slurm2")
+    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
+    assert all(k.data.tags["executor"] == "slurm" and k.data.tags["slurm_job_id"] for k in kids)
+
+
+@pytest.mark.slurm
+def test_requeued_job_resumes_its_checkpoint_and_its_run(slurm_up, store, tmp_path):
+    p = _grid_file(tmp_path, ["wddm-unet-l1"], "requeue", **{"train.max_steps": 60, "train.log_every": 1,
+                                                             "train.checkpoint_every": 5})
+    grid = run.load_grid(str(p))
+    configs = run.validate(grid)
+    out = {}
+    th = threading.Thread(target=lambda: out.update(res=run.run_grid(
+        grid, configs, executor="slurm", max_parallel=1, cluster=run.load_cluster(str(ROOT / "slurm/profiles/local.yaml")),
+        poll_s=0.5)))
+    th.start()
+    client = MlflowClient(store)
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline:  # wait until training is under way (a few steps logged)
+        kids = _children(store, "requeue") if client.get_experiment_by_name("requeue") else []
+        if kids and len(client.get_metric_history(kids[0].info.run_id, "loss")) >= 8:
+            run_id = kids[0].info.run_id
+            break
+        time.sleep(0.5)
+    assert run_id, "training did not start on the cluster"
+    job_id = client.get_run(run_id).data.tags["slurm_job_id"].split("_")[0]
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before a time-out
+    th.join(timeout=240)
+    assert not th.is_alive()
+    results, _ = out["res"]
+    assert [r["status"] for r in results] == ["FINISHED"]
+    kids = _children(store, "requeue")
+    assert len(kids) == 1 and kids[0].info.run_id == run_id and kids[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert steps == list(range(1, 61))  # continuous: nothing lost, nothing logged twice
+    assert int(kids[0].data.tags["resumed_from_step"]) >= 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_four_concurrent_jobs_log_to_a_real_mlflow_server(tmp_path, monkeypatch):
+    port = _free_port()
+    script = ROOT / "slurm" / "mlflow-server.sh"
+    env = {**os.environ, "WAVEBENCH_PYTHON": str(ROOT / ".venv/bin/python")}
+    args = ["--port", str(port), "--run-dir", str(tmp_path / "server")]
+    subprocess.run(["bash", str(script), "start", *args, "--backend", f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts", str(tmp_path / "server-artifacts")], check=True, env=env, timeout=150)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("WAVEBENCH_RUNS", str(tmp_path / "runs"))
+        p = _grid_file(tmp_path, ["wavediff", "wavediff-no-rec", "ddgan", "wavediff-wg"], "server4",
+                       **{"train.log_every": 1, "train.max_steps": 3})
+        assert run.main(["--grid", str(p), "--executor", "local", "--max-parallel", "4"]) == 0
+        kids = _children(uri, "server4")
+        assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids)
+        client = MlflowClient(uri)
+        for k in kids:
+            assert [m.step for m in client.get_metric_history(k.info.run_id, "loss_d")] == [1, 2, 3]
+            assert {"fid", "time_mean_s", "train_wall_clock_s"} <= set(k.data.metrics)
+    finally:
+        subprocess.run(["bash", str(script), "stop", *args], env=env, timeout=60)
