@@ -96,8 +96,8 @@ _GAN_TRAIN: dict[str, dict] = {
 }
 # CPU-sized: same code, smaller widths. Calibrated on 2 CPU cores (README "make demo").
 _GAN_TINY = {
-    "ddgan": dict(nf=32, ch_mult=(1, 2, 2), attn=(), n_mlp=2, T=4, disc=("small", 3), ngf=16, num_res_blocks=1),
-    "wavediff": dict(nf=32, ch_mult=(1, 2, 2), attn=(), n_mlp=2, T=4, disc=("small", 3), ngf=16, num_res_blocks=1),
+    "ddgan": dict(nf=32, ch_mult=(1, 2, 2), attn=(), n_mlp=2, T=4, disc=("small", 3), ngf=16),
+    "wavediff": dict(nf=32, ch_mult=(1, 2, 2), attn=(), n_mlp=2, T=4, disc=("small", 3), ngf=16),
 }
 _GAN_TINY_TRAIN = dict(batch_size=64, r1_gamma=0.02, lazy_reg=15, lr_g=1.6e-4 * 4, lr_d=1.25e-4 * 4,
                        ema_decay=0.99, max_steps=400, checkpoint_every=200)

@@ -1,0 +1,301 @@
+"""Plots from MLflow (seaborn, PNG): FID vs sampling time with the Pareto front, FID over training wall-clock,
+FID vs DDIM steps, GFLOPs per sample.
+
+    python -m reports.plots [--dataset digits] [--experiment NAME] [--out DIR] [--filter STR] [--log]
+
+One panel per measurement protocol (never two protocols on one axis); the published DDIM curve is drawn only
+on CIFAR-10 panels. Files: ``<out>/<plot>-<dataset|all>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from reports import query  # noqa: E402
+from reports.table import OUT_DIR, load_published  # noqa: E402
+
+__all__ = ["PLOTS", "pareto_front", "plot_fid_vs_time", "plot_convergence", "plot_ddim_steps", "plot_gflops",
+           "make_plots", "main"]
+
+PLOTS = ("fid_vs_time", "convergence", "fid_vs_ddim_steps", "gflops")
+DDIM_FILL = "python -m bench.run --grid experiments/ddim.yaml"
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mask of the points no other point beats in both x and y (lower is better in both)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.ones(len(x), bool)
+    for i in range(len(x)):
+        dominated = (x <= x[i]) & (y <= y[i]) & ((x < x[i]) | (y < y[i]))
+        keep[i] = not dominated.any()
+    return keep
+
+
+def _palette(variants) -> dict:
+    names = sorted(set(variants), key=query.natural_key)
+    return dict(zip(names, sns.color_palette("tab20", max(len(names), 1))))
+
+
+def _title(p: query.Protocol) -> str:
+    return "\n".join(textwrap.wrap(p.label(), 52))
+
+
+def _panels(n: int, width: float = 6.0, height: float = 4.6):
+    fig, axes = plt.subplots(1, n, figsize=(width * n + 2.2, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _finish(fig, path: Path, handles: list | None = None) -> Path:
+    if handles:
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _label_points(ax, xs, ys, labels) -> None:
+    """Names next to points; a name that would overlap one already placed tries other sides, else is left out
+    (the legend still names every colour)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for x, y, text in sorted(zip(xs, ys, labels), key=lambda t: (t[1], t[0])):
+        for dx, dy, ha in ((6, 4, "left"), (6, -11, "left"), (-6, 4, "right"), (-6, -11, "right")):
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=ha)
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            ann.remove()
+
+
+def _plain_log_ticks(axis, values) -> None:
+    """Log-axis tick labels as plain numbers; 2 and 5 between decades when the data span two decades or less."""
+    values = np.asarray(values, float)
+    few = np.log10(values.max() / values.min()) <= 2 if values.min() > 0 else False
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if few and f"{v:g}"[0] in "25" else ""))
+
+
+def _groups(agg: pd.DataFrame) -> list[tuple[query.Protocol, pd.DataFrame]]:
+    out = []
+    for p in query.protocols(agg):
+        out.append((p, agg[agg["protocol"].map(lambda q: q.key() == p.key())]))
+    return out
+
+
+def _variant_handles(palette: dict, used: set) -> list:
+    return [Line2D([], [], marker="o", linestyle="", color=palette[v], label=v)
+            for v in sorted(used, key=query.natural_key)]
+
+
+# ============================================================================================== plots
+
+def plot_fid_vs_time(agg: pd.DataFrame, path: Path) -> Path | None:
+    """FID against sampling time per batch (log x), one point per variant, the Pareto front marked."""
+    d = agg[np.isfinite(agg["fid_mean"].astype(float)) & np.isfinite(agg["time_mean_s_mean"].astype(float))]
+    if d.empty:
+        return None
+    groups = _groups(d)
+    palette = _palette(d["variant"])
+    fig, axes = _panels(len(groups))
+    for ax, (p, g) in zip(axes, groups):
+        x, y = g["time_mean_s_mean"].to_numpy(float), g["fid_mean"].to_numpy(float)
+        xerr, yerr = g["time_mean_s_std"].to_numpy(float), g["fid_std"].to_numpy(float)
+        for xi, yi, xe, ye, v in zip(x, y, xerr, yerr, g["variant"]):
+            ax.errorbar(xi, yi, xerr=None if np.isnan(xe) else xe, yerr=None if np.isnan(ye) else ye,
+                        fmt="o", color=palette[v], markersize=7, capsize=3)
+        front = pareto_front(x, y)
+        order = np.argsort(x[front])
+        ax.step(x[front][order], y[front][order], where="post", color="black", linestyle="--", linewidth=1)
+        ax.scatter(x[front], y[front], s=220, facecolors="none", edgecolors="black", linewidths=1.2)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis, x)
+        ax.set_xlabel(f"sampling time (s per batch of {p.timing_batch}, log scale)")
+        ax.set_ylabel(f"FID ({p.backbone}, {p.samples} samples), lower is better")
+        ax.set_title(_title(p), fontsize=9)
+        ax.margins(x=0.15, y=0.12)
+        _label_points(ax, x, y, list(g["variant"]))
+    handles = _variant_handles(palette, set(d["variant"])) + [
+        Line2D([], [], marker="o", markersize=12, markerfacecolor="none", markeredgecolor="black",
+               linestyle="--", color="black", label="Pareto front")]
+    return _finish(fig, path, handles)
+
+
+def plot_convergence(conv: pd.DataFrame, path: Path) -> Path | None:
+    """FID over training wall-clock (minutes), one line per run, coloured by variant."""
+    if conv.empty:
+        return None
+    groups = [(p, conv[conv["protocol"].map(lambda q: q.key() == p.key())]) for p in query.protocols(conv)]
+    palette = _palette(conv["variant"])
+    fig, axes = _panels(len(groups))
+    for ax, (p, g) in zip(axes, groups):
+        for (_, variant), r in g.groupby(["run_id", "variant"], sort=False):
+            r = r.sort_values("train_wall_clock_s")
+            ax.plot(r["train_wall_clock_s"] / 60, r["fid"], marker="o", markersize=4, color=palette[variant],
+                    alpha=0.9)
+        fids = g["fid"].to_numpy(float)
+        log = fids.min() > 0 and fids.max() / fids.min() > 10
+        if log:
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis, fids)
+        ax.set_xlabel("training wall-clock (min)")
+        ax.set_ylabel(f"FID ({p.backbone}, {p.samples} samples{', log scale' if log else ''})")
+        ax.set_title(_title(p), fontsize=9)
+    return _finish(fig, path, [Line2D([], [], marker="o", color=palette[v], label=v)
+                               for v in sorted(set(conv["variant"]), key=query.natural_key)])
+
+
+def _ddim_points(agg: pd.DataFrame) -> pd.DataFrame:
+    """Runs of the DDPM-trained denoisers with their sampler and step count."""
+    rows = []
+    for _, a in agg.iterrows():
+        params = a["params"] or {}
+        sampler = params.get("eval.sampler", "")
+        v = a["variant"]
+        if not (v == "ddpm" or v.startswith("ddim-") or sampler == "ddim") or not np.isfinite(a["fid_mean"]):
+            continue
+        steps = int(float(params.get("eval.steps", 0) or 0)) or \
+            int(float(params.get("model.process.num_timesteps", 1000) or 1000))
+        model = "ddpm model" if v == "ddpm" or v.startswith("ddim-") else v
+        label = (f"{model}: DDIM, eta {params.get('eval.eta', '?')}, {params.get('eval.spacing', '?')}"
+                 if sampler == "ddim" else f"{model}: DDPM ancestral")
+        rows.append({"protocol": a["protocol"], "series": label, "steps": steps, "fid": a["fid_mean"],
+                     "fid_std": a["fid_std"], "variant": v})
+    return pd.DataFrame(rows, columns=["protocol", "series", "steps", "fid", "fid_std", "variant"])
+
+
+def plot_ddim_steps(agg: pd.DataFrame, path: Path, published: dict | None = None) -> Path | None:
+    """FID against the number of sampling steps; the published CIFAR-10 curves only on CIFAR-10 panels."""
+    pts = _ddim_points(agg)
+    if pts.empty:
+        return None
+    pub = (published or load_published())["tables"]["ddim"]["rows"]
+    groups = [(p, pts[pts["protocol"].map(lambda q: q.key() == p.key())]) for p in query.protocols(pts)]
+    series = sorted(set(pts["series"]))
+    colors = dict(zip(series, sns.color_palette("deep", len(series))))
+    fig, axes = _panels(len(groups))
+    handles = [Line2D([], [], marker="o", color=colors[s], label=s) for s in series]
+    for ax, (p, g) in zip(axes, groups):
+        for s, r in g.groupby("series"):
+            r = r.sort_values("steps")
+            ax.errorbar(r["steps"], r["fid"], yerr=r["fid_std"].fillna(0), marker="o", color=colors[s], capsize=3,
+                        linestyle="-" if len(r) > 1 else "")
+        if p.dataset == "cifar10" and p.backbone == "inception-vgg16":
+            for key, style, label in (("fid_eta0", "--", "published CIFAR-10, eta = 0 (DDIM Table 1)"),
+                                      ("fid_eta1", ":", "published CIFAR-10, eta = 1 (DDIM Table 1)")):
+                ax.plot([r["steps"] for r in pub], [r[key] for r in pub], linestyle=style, color="grey")
+                if label not in [h.get_label() for h in handles]:
+                    handles.append(Line2D([], [], linestyle=style, color="grey", label=label))
+        else:
+            ax.text(0.02, 0.02, "published curves (CIFAR-10, Inception) not drawn:\nother data set / backbone",
+                    transform=ax.transAxes, fontsize=7, color="grey", va="bottom")
+        ax.set_xscale("log")
+        ticks = sorted(set(g["steps"]) | {10, 20, 50, 100, 1000})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("sampling steps S (network calls per sample, log scale)")
+        ax.set_ylabel(f"FID ({p.backbone}, {p.samples} samples)")
+        ax.set_title(_title(p), fontsize=9)
+    return _finish(fig, path, handles)
+
+
+def plot_gflops(agg: pd.DataFrame, path: Path) -> Path | None:
+    """GFLOPs per generated sample (whole sampler) per variant; one panel per data set and scale."""
+    d = agg[np.isfinite(agg["gflops_per_sample_mean"].astype(float))].copy()
+    if d.empty:
+        return None
+    d["panel"] = d["dataset"] + ", scale " + d["scale"]
+    # FLOPs do not depend on the metric backbone or the timing device: one bar per variant and panel.
+    d = d.groupby(["panel", "variant", "family"], as_index=False)["gflops_per_sample_mean"].mean()
+    panels = sorted(set(d["panel"]), key=query.natural_key)
+    families = sorted(set(d["family"]))
+    deep = sns.color_palette("deep", 10)
+    fixed = {"gan": deep[2], "diffusion": deep[0], "dvdp": deep[1]}
+    others = iter(deep[3:])
+    colors = {f: fixed.get(f) or next(others) for f in families}
+    fig, axes = _panels(len(panels), width=max(6.0, 0.5 * d.groupby("panel").size().max() + 2))
+    for ax, panel in zip(axes, panels):
+        g = d[d["panel"] == panel].sort_values("gflops_per_sample_mean")
+        sns.barplot(data=g, x="variant", y="gflops_per_sample_mean", hue="family", palette=colors, dodge=False,
+                    ax=ax, legend=False)
+        for i, v in enumerate(g["gflops_per_sample_mean"]):
+            ax.text(i, v, f"{v:.3g}" if v < 1000 else f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xlabel("variant")
+        ax.set_ylabel("GFLOPs per sample (log scale)")
+        ax.set_title(f"{panel}; whole sampler, FLOPs = 2 x multiply-adds", fontsize=9)
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
+        for lab in ax.get_xticklabels():
+            lab.set_horizontalalignment("right")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[f], label=f"family: {f}") for f in families]
+    return _finish(fig, path, handles)
+
+
+# ============================================================================================== driver
+
+def make_plots(experiment: str = "wavebench", datasets: list[str] | None = None, out_dir: str | Path = OUT_DIR,
+               filter_string: str | None = None, uri: str | None = None) -> dict[str, Path | None]:
+    """Renders every plot; a plot with nothing to show is skipped (None) with the reason printed."""
+    runs = query.select_latest(query.load_runs(experiment, datasets=datasets, filter_string=filter_string, uri=uri))
+    agg = query.aggregate(runs)
+    suffix = "-".join(datasets) if datasets else "all"
+    out = Path(out_dir)
+    sns.set_theme(style="whitegrid", context="notebook")
+    if runs.empty:
+        print(f"no FINISHED runs in experiment '{experiment}'"
+              + (f" on {', '.join(datasets)}" if datasets else "") + ": nothing to plot (make demo, or "
+              "python -m bench.run --grid experiments/<grid>.yaml)", file=sys.stderr)
+        return {k: None for k in PLOTS}
+    result = {
+        "fid_vs_time": plot_fid_vs_time(agg, out / f"fid_vs_time-{suffix}.png"),
+        "convergence": plot_convergence(query.convergence(runs, uri), out / f"convergence-{suffix}.png"),
+        "fid_vs_ddim_steps": plot_ddim_steps(agg, out / f"fid_vs_ddim_steps-{suffix}.png"),
+        "gflops": plot_gflops(agg, out / f"gflops-{suffix}.png"),
+    }
+    why = {"fid_vs_time": "no run logged both fid and time_mean_s",
+           "convergence": "no run logged a fid history with train_wall_clock_s at the same steps",
+           "fid_vs_ddim_steps": f"no ddpm / ddim-N runs (fill with: {DDIM_FILL})",
+           "gflops": "no run logged gflops_per_sample"}
+    for k, v in result.items():
+        if v is None:
+            print(f"skipped {k}: {why[k]}", file=sys.stderr)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reports.plots", description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default=None, help="only runs on this data set (default: all)")
+    ap.add_argument("--experiment", default="wavebench", help="MLflow experiment")
+    ap.add_argument("--out", default=str(OUT_DIR), help="directory the PNG files are written to")
+    ap.add_argument("--filter", default=None, help="extra MLflow filter, e.g. \"tags.grid = 'demo'\"")
+    ap.add_argument("--log", action="store_true", help="also log the PNGs to the experiment's 'report' run")
+    args = ap.parse_args(argv)
+    result = make_plots(args.experiment, [args.dataset] if args.dataset else None, args.out, args.filter)
+    written = [p for p in result.values() if p is not None]
+    for p in written:
+        print(p)
+    if args.log and written:
+        run_id = query.log_report_artifacts(written, args.experiment)
+        print(f"logged to run {run_id} ('report') in experiment '{args.experiment}'", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""Paper-style comparison tables: this suite's measured runs (MLflow) beside the published numbers.
+
+    python -m reports.table --dataset cifar10 [--table NAME|all] [--format md|latex|html|csv]
+                            [--experiment NAME] [--out DIR] [--filter "tags.grid = 'cifar10'"] [--log]
+
+Tables (``reports/published.yaml``): cifar10, stl10, celebahq256, celebahq512, celebahq1024, lsun_church,
+ablation, wddm, dvdp, ddim. Published values sit in columns labelled "(published)", counts from the public code
+in "(reference)", this suite's values in "(measured)"; they are never mixed. Measured runs are split into one
+section per protocol (data set, scale, metric backbone, sample count, timing device, timing batch), each with
+its protocol written under it; speed-ups are computed within a section only. The latest FINISHED run per
+variant and seed is used; several seeds give mean +- standard deviation and their count.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from bench.tracking import REPO_ROOT
+from reports import query
+from reports.query import PRESET_OF, Protocol
+
+__all__ = ["PUBLISHED_YAML", "OUT_DIR", "FORMATS", "Measure", "MEASURES", "Section", "Report", "load_published",
+           "table_names", "build_report", "render", "write_report", "main"]
+
+PUBLISHED_YAML = Path(__file__).with_name("published.yaml")
+OUT_DIR = REPO_ROOT / "reports" / "out"
+FORMATS = {"md": "md", "latex": "tex", "html": "html", "csv": "csv"}
+# The table a data set's runs belong to when --table is not given.
+TABLE_FOR_DATASET = {"digits": "cifar10"}
+
+MISSING = "missing"        # a variant reproduces this row, but it has no FINISHED run in this protocol
+NOT_REPRODUCED = "n/a"     # no variant of the suite reproduces this row
+NOT_LOGGED = "not logged"  # the run exists but did not log this metric
+NO_VALUE = "-"             # the source gives no value
+
+
+# ============================================================================================== columns
+
+def _fixed(d: int) -> Callable[[float], str]:
+    return lambda v: f"{v:.{d}f}"
+
+
+def _sig(v: float) -> str:
+    """About three significant digits without scientific notation for the usual ranges."""
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 0.001 or a == 0:
+        return f"{v:#.3g}"
+    return f"{v:.2e}"
+
+
+def _g(v: float) -> str:
+    return f"{v:g}"
+
+
+def _int(v: float) -> str:
+    return f"{v:.0f}"
+
+
+@dataclass(frozen=True)
+class Measure:
+    label: str                              # column header before "(published)" / "(measured)"
+    metrics: tuple[str, ...] = ()           # MLflow metrics, the first one a run logged is used
+    fmt: Callable[[float], str] = _sig      # measured value -> text
+    pub_fmt: Callable[[float], str] = _g    # published / reference value -> text
+    scale: float = 1.0                      # applied to the measured value (e.g. 1e-6 for millions)
+
+
+MEASURES: dict[str, Measure] = {
+    "fid": Measure("FID", ("fid",), _fixed(2), _fixed(2)),
+    "recall": Measure("Recall", ("recall",), _fixed(3), _fixed(2)),
+    "precision": Measure("Precision", ("precision",), _fixed(3), _fixed(2)),
+    "kid": Measure("KID", ("kid_mean",), _fixed(4), _g),
+    "nfe": Measure("NFE", ("nfe",), _int, _int),
+    "time_s": Measure("Time (s/batch)", ("time_mean_s",), _sig, _g),
+    "gflops": Measure("GFLOPs/sample", ("gflops_per_sample",), _sig, _sig),
+    "params": Measure("Params G/denoiser (M)", ("params_generator", "params_denoiser"), _fixed(2), _fixed(2), 1e-6),
+    "params_d": Measure("Params D (M)", ("params_discriminator",), _fixed(2), _fixed(2), 1e-6),
+    "train_min": Measure("Train wall-clock (min)", ("train_wall_clock_s",), _sig, _g, 1 / 60),
+    "train_ips": Measure("Train throughput (img/s)", ("train_images_per_s",), _sig, _g),
+    "train_s_epoch": Measure("Train time (s/epoch)", ("train_s_per_epoch",), _sig, _g),
+    "train_speedup": Measure("Training speed-up"),
+    "fid_eta0": Measure("FID eta=0", (), _fixed(2), _fixed(2)),
+    "fid_eta1": Measure("FID eta=1", (), _fixed(2), _fixed(2)),
+    "fid_sigma_hat": Measure("FID sigma-hat", (), _fixed(2), _fixed(2)),
+}
+INFO_LABELS = {"level": "Level", "backbone": "Backbone", "turning_points": "Turning points", "steps": "Steps S"}
+
+
+def _ratio_text(ratio: float, name: str) -> str:
+    """2.86 -> "2.9x faster than DDGAN"; 0.5 -> "2.0x slower than DDGAN"."""
+    if not math.isfinite(ratio) or ratio <= 0:
+        return NO_VALUE
+    word = "faster" if ratio >= 1 else "slower"
+    r = ratio if ratio >= 1 else 1 / ratio
+    return f"{r:.0f}x {word} than {name}" if r >= 10 else f"{r:.1f}x {word} than {name}"
+
+
+# ============================================================================================== data
+
+def load_published(path: str | Path = PUBLISHED_YAML) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def table_names(published: dict | None = None) -> list[str]:
+    return list((published or load_published())["tables"])
+
+
+@dataclass
+class Section:
+    heading: str                   # "Measured under: <protocol>" or the empty-store heading
+    protocol: Protocol | None      # None when nothing was measured
+    frame: pd.DataFrame            # display text, one row per table row
+    data: pd.DataFrame             # the same rows as numbers (CSV)
+    lines: list[str] = field(default_factory=list)   # protocol footer, fill-in commands
+
+
+@dataclass
+class Report:
+    name: str
+    title: str
+    header: list[str]              # published source and protocol
+    sections: list[Section]
+    notes: list[str]
+    experiment: str
+    datasets: list[str] | None
+
+
+@dataclass
+class _Row:
+    model: str
+    spec: dict | None              # the published row (None for measured-only rows)
+    variant: str | None            # the measured variant (or the expected one when missing)
+    expected: list[str]            # the variants that reproduce this row
+    status: str                    # ok | missing | n/a
+
+
+def _assign_rows(spec: dict, agg: pd.DataFrame | None) -> list[_Row]:
+    """The paper's rows in order (each with its measured variant, if any), then measured-only rows."""
+    present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
+    listed = {v for r in spec["rows"] for v in r.get("variants") or []}
+    used: set[str] = set()
+    rows = []
+    for r in spec["rows"]:
+        cands = list(r.get("variants") or [])
+        cands += sorted((v for v, a in present.items() if v not in listed and v not in cands
+                         and a["published_row"] == r["model"]), key=query.natural_key)
+        hit = next((v for v in cands if v in present and v not in used), None)
+        if hit:
+            used.add(hit)
+        status = "ok" if hit else (MISSING if cands else NOT_REPRODUCED)
+        rows.append(_Row(r["model"], r, hit or (cands[0] if cands else None), cands, status))
+    extra = spec.get("extra", [])
+    for v in sorted(set(present) - used, key=query.natural_key):
+        if extra == "all" or v in (extra or []):
+            rows.append(_Row(present[v]["published_row"] or v, None, v, [v], "ok"))
+    return rows
+
+
+def _measured(a: pd.Series | None, m: Measure) -> tuple[float, float, int]:
+    """(mean, std, n) of the first metric of ``m`` that the aggregated runs logged, scaled."""
+    if a is None:
+        return np.nan, np.nan, 0
+    for k in m.metrics:
+        mean = a.get(f"{k}_mean", np.nan)
+        if mean is not None and np.isfinite(mean):
+            std = a.get(f"{k}_std", np.nan)
+            return mean * m.scale, (std * m.scale if np.isfinite(std) else np.nan), int(a.get(f"{k}_n", 1))
+    return np.nan, np.nan, 0
+
+
+def _measured_text(row: _Row, a: pd.Series | None, m: Measure) -> str:
+    if row.status != "ok" or a is None:
+        return row.status if row.status != "ok" else MISSING
+    mean, std, n = _measured(a, m)
+    if not np.isfinite(mean):
+        return NOT_LOGGED
+    # Several seeds: mean ± std; values every seed shares (parameter counts, NFE) stay plain.
+    return f"{m.fmt(mean)} ± {m.fmt(std)}" if n > 1 and np.isfinite(std) and std > 0 else m.fmt(mean)
+
+
+def _published_value(row: _Row, key: str) -> float:
+    v = None if row.spec is None else row.spec.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+
+
+def _reference(pub: dict, dataset: str, variant: str | None, key: str) -> float:
+    costs = (pub.get("reference_costs") or {}).get(PRESET_OF.get(dataset, dataset), {}).get(variant or "", {})
+    if key == "gflops":
+        nfe, fwd = costs.get("nfe"), costs.get("gflops_forward")
+        return float(nfe) * float(fwd) if nfe is not None and fwd is not None else np.nan
+    v = costs.get(key)
+    return float(v) * 1e-6 if v is not None else np.nan
+
+
+def _config_text(a: pd.Series | None, key: str) -> str:
+    if a is None:
+        return ""
+    params = a["params"] or {}
+    if key in params:
+        return str(params[key])
+    hits = [f"{k}={v}" for k, v in sorted(params.items()) if key in k]
+    return "; ".join(hits)
+
+
+def _column_plan(spec: dict) -> list[tuple[str, str]]:
+    """(kind, key) in display order: published value, its measured twin, its reference, speed-ups."""
+    plan: list[tuple[str, str]] = []
+    published, measured = list(spec.get("published") or []), list(spec.get("measured") or [])
+    reference = list(spec.get("reference") or [])
+    for key in dict.fromkeys(published + measured):
+        if key in published:
+            plan.append(("published", key))
+        if key == "train_speedup":
+            plan.append(("train_speedup", key))
+            continue
+        if MEASURES[key].metrics and (key in measured or key in published):
+            plan.append(("measured", key))
+        if key in reference:
+            plan.append(("reference", key))
+        if key == "time_s" and spec.get("baseline"):
+            if key in published:
+                plan.append(("speedup_published", key))
+            plan.append(("speedup_measured", key))
+    for key in reference:
+        if ("reference", key) not in plan:
+            plan.append(("reference", key))
+    return plan
+
+
+def _header(kind: str, key: str) -> str:
+    label = MEASURES[key].label
+    return {"published": f"{label} (published)", "measured": f"{label} (measured)",
+            "reference": f"{label} (reference)", "speedup_published": "Sampling speed-up (published)",
+            "speedup_measured": "Sampling speed-up (measured)",
+            "train_speedup": "Training speed-up (measured)"}[kind]
+
+
+def _baseline_name(spec: dict) -> str:
+    if spec.get("baseline_name"):
+        return spec["baseline_name"]
+    for r in spec["rows"]:
+        if spec.get("baseline") in (r.get("variants") or []):
+            return r["model"]
+    return str(spec.get("baseline"))
+
+
+def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protocol: Protocol | None,
+             experiment: str, n_runs: int) -> Section:
+    rows = _assign_rows(spec, agg)
+    present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
+    plan = _column_plan(spec)
+    info = list(spec.get("info") or [])
+    config_cols = dict(spec.get("config_columns") or {})
+    baseline = spec.get("baseline")
+    base_name = _baseline_name(spec)
+    base_agg = present.get(baseline)
+    base_pub = next((_published_value(r, "time_s") for r in rows if r.spec and baseline in r.expected), np.nan)
+    dataset = protocol.dataset if protocol else (spec.get("published_dataset") or (spec.get("datasets") or ["?"])[0])
+
+    text_rows, data_rows = [], []
+    for row in rows:
+        a = present.get(row.variant) if row.status == "ok" else None
+        t = {"Model": row.model, "Variant": row.variant if row.status == "ok" else ", ".join(row.expected) or "-"}
+        d: dict = {"table": name, "protocol": protocol.label() if protocol else "", "dataset": dataset,
+                   "scale": protocol.scale if protocol else "", "backbone": protocol.backbone if protocol else "",
+                   "samples": protocol.samples if protocol else "",
+                   "timing_device": protocol.timing_device if protocol else "",
+                   "timing_batch": protocol.timing_batch if protocol else "", "model": row.model,
+                   "variant": row.variant or "", "status": row.status,
+                   "published_row": row.spec is not None}
+        for k in info:
+            v = row.spec.get(k) if row.spec else None
+            t[INFO_LABELS.get(k, k)] = "" if v is None else str(v)
+            d[k] = v
+        for kind, key in plan:
+            m = MEASURES[key]
+            col = _header(kind, key)
+            if kind == "published":
+                v = _published_value(row, key)
+                t[col] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
+                d[f"{key}_published"] = v
+            elif kind == "measured":
+                t[col] = _measured_text(row, a, m)
+                mean, std, _ = _measured(a, m)
+                d[f"{key}_mean"], d[f"{key}_std"] = mean, std
+            elif kind == "reference":
+                v = _reference(pub, dataset, row.variant, key)
+                t[col] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
+                d[f"{key}_reference"] = v
+            elif kind == "speedup_published":
+                v = _published_value(row, "time_s")
+                ratio = base_pub / v if np.isfinite(v) and np.isfinite(base_pub) else np.nan
+                is_base = row.spec is not None and baseline in row.expected
+                t[col] = "baseline" if is_base and np.isfinite(v) else _ratio_text(ratio, base_name)
+                d["speedup_published"] = ratio
+            elif kind == "speedup_measured":
+                ratio = np.nan
+                if row.status != "ok":
+                    t[col] = row.status
+                elif base_agg is None:
+                    t[col] = f"no {baseline} run"
+                elif row.variant == baseline:
+                    t[col], ratio = "baseline", 1.0
+                else:
+                    ratio = _measured(base_agg, MEASURES["time_s"])[0] / _measured(a, MEASURES["time_s"])[0]
+                    t[col] = _ratio_text(ratio, base_name)
+                d["speedup_measured"] = ratio
+            elif kind == "train_speedup":
+                ratio = np.nan
+                if row.status != "ok":
+                    t[col] = row.status
+                elif base_agg is None:
+                    t[col] = f"no {baseline} run"
+                elif row.variant == baseline:
+                    t[col], ratio = "baseline", 1.0
+                else:
+                    ips = MEASURES["train_ips"]
+                    ratio = _measured(a, ips)[0] / _measured(base_agg, ips)[0]
+                    t[col] = _ratio_text(ratio, base_name)
+                d["train_speedup"] = ratio
+        for label, key in config_cols.items():
+            t[label] = _config_text(a, key)
+            d[f"config:{key}"] = t[label]
+        t["Runs"] = str(int(a["n"])) if a is not None else ("0" if row.status == MISSING else NO_VALUE)
+        d["n"] = int(a["n"]) if a is not None else 0
+        d["seeds"] = " ".join(str(s) for s in a["seeds"]) if a is not None else ""
+        d["run_ids"] = " ".join(a["run_ids"]) if a is not None else ""
+        text_rows.append(t)
+        data_rows.append(d)
+
+    frame, data = pd.DataFrame(text_rows), pd.DataFrame(data_rows)
+    lines = _footer(spec, agg, protocol, experiment, n_runs, rows)
+    heading = f"Measured under: {protocol.label()}" if protocol else "Measured: no FINISHED runs yet"
+    return Section(heading, protocol, frame, data, lines)
+
+
+def _fill_command(spec: dict, dataset: str | None) -> str:
+    return (spec.get("fill_by_dataset") or {}).get(dataset, spec.get("fill", ""))
+
+
+def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, experiment: str, n_runs: int,
+            rows: list[_Row]) -> list[str]:
+    lines = []
+    if protocol is None:
+        return lines
+    uniq = lambda col: ", ".join(sorted({str(v) for v in agg[col] if str(v)})) or "?"  # noqa: E731
+    lines.append(f"Measured protocol: data set {protocol.dataset}, scale {protocol.scale}; FID/KID/precision/recall "
+                 f"with {uniq('backbone_fid')} ({uniq('implementation')}) on {protocol.samples} generated samples; "
+                 f"sampling time = mean seconds per batch of {protocol.timing_batch}, {uniq('timing_repeats')} "
+                 f"timed runs after {uniq('timing_warmup')} warm-up runs, on {protocol.timing_device}.")
+    lines.append(f"Runs: {n_runs} FINISHED run{'' if n_runs == 1 else 's'} in experiment '{experiment}', the latest "
+                 "per variant and seed; '±' is the standard deviation over seeds (Runs = number of seeds).")
+    published_preset = spec.get("published_dataset")
+    if published_preset and PRESET_OF.get(protocol.dataset, protocol.dataset) != published_preset:
+        lines.append(f"Not the published data set: published numbers are on {published_preset}, measured ones on "
+                     f"{protocol.dataset}; compare orderings and ratios, not absolute values.")
+    elif published_preset and protocol.dataset != published_preset:
+        lines.append(f"Measured on {protocol.dataset} with the {published_preset} paper configurations; the "
+                     "published numbers are on the real data set: compare orderings and ratios, not absolute values.")
+    if protocol.scale != "paper":
+        lines.append(f"Scale {protocol.scale}: CPU-sized networks; parameter counts and GFLOPs differ from the paper "
+                     "configurations (reference columns).")
+    missing = [v for r in rows if r.status == MISSING for v in r.expected[:1]]
+    if missing:
+        lines.append(f"Missing measured rows ({', '.join(missing)}): fill them with "
+                     f"`{_fill_command(spec, protocol.dataset)}`.")
+    return lines
+
+
+def build_report(name: str, experiment: str = "wavebench", datasets: list[str] | None = None,
+                 filter_string: str | None = None, uri: str | None = None, published: dict | None = None) -> Report:
+    """One table: the published rows, and one measured section per protocol found in ``experiment``."""
+    pub = published or load_published()
+    if name not in pub["tables"]:
+        raise SystemExit(f"unknown table {name!r}; valid: {', '.join(pub['tables'])}")
+    spec = pub["tables"][name]
+    scope = datasets if datasets else spec.get("datasets")
+    runs = query.select_latest(query.load_runs(experiment, datasets=scope, filter_string=filter_string, uri=uri))
+    agg = query.aggregate(runs)
+
+    # One section per protocol that measured a paper row of this table (or, for tables that list every
+    # variant, any variant).
+    sections = []
+    for proto in query.protocols(runs):
+        g = agg[agg["protocol"].map(lambda p: p.key() == proto.key())]
+        shown = [r for r in _assign_rows(spec, g) if r.status == "ok"]
+        if any(r.spec is not None for r in shown) or (shown and spec.get("extra") == "all"):
+            in_proto = runs["protocol"].map(lambda p: p.key() == proto.key())
+            n = int((in_proto & runs["variant"].isin([r.variant for r in shown])).sum())
+            sections.append(_section(name, spec, pub, g, proto, experiment, n))
+    if not sections:
+        empty = _section(name, spec, pub, None, None, experiment, 0)
+        where = f"data sets {', '.join(scope)}" if scope else "any data set"
+        fills = [f"`{spec.get('fill', '')}`"] + [f"`{c}` ({d})" for d, c in (spec.get("fill_by_dataset") or {}).items()
+                                                if not scope or d in scope]
+        empty.lines = [f"No FINISHED runs for this table in experiment '{experiment}' ({where}): measured cells are "
+                       f"'{MISSING}'.", f"Fill the measured columns with: {' or '.join(fills)}"]
+        sections = [empty]
+
+    header = _published_header(spec, pub)
+    notes = list(spec.get("notes") or [])
+    notes += [f"{r['model']}: {r['note']}" for r in spec["rows"] if r.get("note")]
+    notes += [f"{r['model']}: published in {pub['sources'][r['source']]['paper']} "
+              f"({pub['sources'][r['source']]['where']}); protocol {r.get('protocol', spec.get('protocol'))}."
+              for r in spec["rows"] if r.get("source")]
+    notes.append(f"Cells: '{MISSING}' = a variant reproduces the row but has no FINISHED run; '{NOT_REPRODUCED}' = no "
+                 f"variant reproduces it; '{NO_VALUE}' = no value in the source; rows after the paper's rows have no "
+                 "published counterpart.")
+    return Report(name, spec["title"], header, sections, notes, experiment, datasets)
+
+
+def _published_header(spec: dict, pub: dict) -> list[str]:
+    src = pub["sources"][spec["source"]]
+    p = pub["protocols"][spec["protocol"]]
+    lines = [f"Published: {src['paper']}; {src['where']}."]
+    if spec.get("published"):
+        parts = [f"{p['samples']} generated samples" if p.get("samples") else None,
+                 f"FID {p['fid_backbone']}" if p.get("fid_backbone") else None,
+                 f"recall {p['recall_backbone']}" if p.get("recall_backbone") else None,
+                 f"time: {p['timing']}, {p['device']}, batch {p['batch_size']}" if p.get("batch_size") else
+                 f"time: {p.get('timing', 'none published')}"]
+        lines.append("Published protocol: " + "; ".join(x for x in parts if x) + "."
+                     + (f" ({p['note']})" if p.get("note") else ""))
+    else:
+        lines.append("Published values: none could be verified for this table (UNVERIFIED / absent); only measured "
+                     "values and reference counts are shown.")
+    if spec.get("reference"):
+        c = pub["sources"]["public-code"]
+        lines.append(f"Reference columns: {c['where']} ({c['paper']}); for the data set's paper configuration.")
+    return lines
+
+
+# ============================================================================================== rendering
+
+def _md_table(df: pd.DataFrame) -> str:
+    cells = [[str(c) for c in df.columns]] + [[str(v) for v in r] for r in df.itertuples(index=False)]
+    cells = [[c.replace("|", "\\|") for c in r] for r in cells]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [fmt(r) for r in cells[1:]])
+
+
+def render_markdown(rep: Report) -> str:
+    out = [f"## {rep.title}", ""]
+    out += [f"- {h}" for h in rep.header] + [""]
+    for s in rep.sections:
+        out += [f"### {s.heading}", "", _md_table(s.frame), ""]
+        out += [f"- {line}" for line in s.lines] + [""]
+    out += ["Notes:", ""] + [f"- {n}" for n in rep.notes] + [""]
+    return "\n".join(out)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(s: str) -> str:
+    s = "".join(_LATEX.get(ch, ch) for ch in str(s))
+    return s.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
+
+
+def render_latex(rep: Report) -> str:
+    out = [f"% {rep.title}"] + [f"% {h}" for h in rep.header]
+    for s in rep.sections:
+        df = s.frame.map(_tex)
+        df.columns = [_tex(c) for c in df.columns]
+        out += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex(rep.title)}. {_tex(s.heading)}.}}",
+                "\\resizebox{\\linewidth}{!}{%",
+                df.to_latex(index=False, escape=False, column_format="l" * len(df.columns)).strip(), "}",
+                "\\end{table}"]
+        out += [f"% {line}" for line in s.lines]
+    out += [f"% Note: {n}" for n in rep.notes]
+    return "\n".join(out) + "\n"
+
+
+def render_html(rep: Report) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(rep.title)}</title>",
+           "<style>body{font-family:sans-serif} table{border-collapse:collapse;font-size:13px}"
+           " td,th{border:1px solid #ccc;padding:2px 6px;text-align:left} th{background:#eee}</style>",
+           "</head><body>", f"<h2>{e(rep.title)}</h2>", "<ul>"] + [f"<li>{e(h)}</li>" for h in rep.header]
+    out.append("</ul>")
+    for s in rep.sections:
+        out += [f"<h3>{e(s.heading)}</h3>", s.frame.to_html(index=False, escape=True, border=0), "<ul>"]
+        out += [f"<li>{e(line)}</li>" for line in s.lines] + ["</ul>"]
+    out += ["<h4>Notes</h4>", "<ul>"] + [f"<li>{e(n)}</li>" for n in rep.notes] + ["</ul>", "</body></html>"]
+    return "\n".join(out) + "\n"
+
+
+def render_csv(rep: Report) -> str:
+    return pd.concat([s.data for s in rep.sections], ignore_index=True).to_csv(index=False)
+
+
+def render(rep: Report, fmt: str = "md") -> str:
+    return {"md": render_markdown, "latex": render_latex, "html": render_html, "csv": render_csv}[fmt](rep)
+
+
+def write_report(rep: Report, fmt: str = "md", out_dir: str | Path = OUT_DIR) -> list[Path]:
+    """Writes the Markdown rendering and, if different, ``fmt``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"table-{rep.name}" + (f"-{'-'.join(rep.datasets)}" if rep.datasets else "")
+    paths = []
+    for f in dict.fromkeys(["md", fmt]):
+        p = out / f"{stem}.{FORMATS[f]}"
+        p.write_text(render(rep, f))
+        paths.append(p)
+    return paths
+
+
+# ============================================================================================== command line
+
+def main(argv: list[str] | None = None) -> int:
+    pub = load_published()
+    ap = argparse.ArgumentParser(prog="python -m reports.table", description=__doc__.split("\n")[0])
+    ap.add_argument("--table", choices=table_names(pub) + ["all"], default=None,
+                    help="which table (default: the --dataset's main table, else cifar10)")
+    ap.add_argument("--dataset", default=None, help="only runs on this data set (default: the table's data sets)")
+    ap.add_argument("--format", choices=list(FORMATS), default="md", help="printed and written format")
+    ap.add_argument("--experiment", default="wavebench", help="MLflow experiment")
+    ap.add_argument("--out", default=str(OUT_DIR), help="directory the tables are written to")
+    ap.add_argument("--filter", default=None, help="extra MLflow filter, e.g. \"tags.grid = 'cifar10'\"")
+    ap.add_argument("--log", action="store_true", help="also log the files to the experiment's 'report' run")
+    args = ap.parse_args(argv)
+
+    name = args.table or TABLE_FOR_DATASET.get(args.dataset, args.dataset if args.dataset in pub["tables"]
+                                               else "cifar10")
+    names = table_names(pub) if name == "all" else [name]
+    datasets = [args.dataset] if args.dataset else None
+    written = []
+    for n in names:
+        rep = build_report(n, args.experiment, datasets, args.filter, published=pub)
+        print(render(rep, args.format))
+        written += write_report(rep, args.format, args.out)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if args.log:
+        run_id = query.log_report_artifacts(written, args.experiment)
+        print(f"logged to run {run_id} ('report') in experiment '{args.experiment}'", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
