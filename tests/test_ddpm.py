@@ -11,13 +11,7 @@ from models.ddpm import (SAMPLERS, DDPMConfig, GaussianDiffusion, ddim_sample, d
                          make_betas, timestep_sequence)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SCHEDULES = ("linear", "cosine")

@@ -20,12 +20,7 @@ from models.unet import UNet, UNetConfig
 from models.wavelet import haar_dwt, haar_idwt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ONE = ((40, 2),)

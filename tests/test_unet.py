@@ -13,13 +13,7 @@ from models.ddpm import DDPMConfig, GaussianDiffusion
 from models.unet import UNET_CONFIGS, Attention, UNet, UNetConfig, timestep_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is much faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Exact counts of diffusers' UNet2DModel (0.42.1) built with WDDM's settings (same layer layout), and the
