@@ -61,16 +61,20 @@ class Grid:
 
 # ============================================================================================== grid files
 
-def find_grid(name: str) -> Path:
-    """``ablation``, ``ablation.yaml`` or a path: the bare names look in experiments/."""
+def find_experiment_file(name: str, what: str = "grid", pattern: str = "*.yaml") -> Path:
+    """``ablation``, ``ablation.yaml`` or a path: bare names look in experiments/ (grids, tuning configs)."""
     p = Path(name)
     candidates = [p, REPO_ROOT / "experiments" / p, REPO_ROOT / "experiments" / f"{name}.yaml"]
     for c in candidates:
         if c.is_file():
             return c
-    available = sorted(q.stem for q in (REPO_ROOT / "experiments").glob("*.yaml"))
-    raise ConfigError([f"grid {name!r} not found (looked at {', '.join(str(c) for c in candidates)}); "
-                       f"grids in experiments/: {', '.join(available)}"])
+    available = sorted(q.stem for q in (REPO_ROOT / "experiments").glob(pattern))
+    raise ConfigError([f"{what} {name!r} not found (looked at {', '.join(str(c) for c in candidates)}); "
+                       f"{what}s in experiments/: {', '.join(available) or 'none'}"])
+
+
+def find_grid(name: str) -> Path:
+    return find_experiment_file(name, "grid")
 
 
 def _read_yaml(path: Path) -> Any:

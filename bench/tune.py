@@ -145,14 +145,9 @@ _SHORTHAND = {"objective": "metric", "sampler": "name", "pruner": "name", "execu
 
 
 def find_config(name: str) -> Path:
-    p = Path(name)
-    candidates = [p, REPO_ROOT / "experiments" / p, REPO_ROOT / "experiments" / f"{name}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    available = sorted(q.stem for q in (REPO_ROOT / "experiments").glob("tune*.yaml"))
-    raise ConfigError([f"tuning config {name!r} not found (looked at {', '.join(map(str, candidates))}); "
-                       f"in experiments/: {', '.join(available) or 'none'}"])
+    from bench.run import find_experiment_file
+
+    return find_experiment_file(name, "tuning config", "tune*.yaml")
 
 
 def load_config(name: str, overrides: dict | None = None) -> TuneConfig:
