@@ -53,6 +53,7 @@ class RunConfig:
     scale: str = "tiny"              # tiny (CPU-sized widths) | paper (the paper's configuration)
     seed: int = 0                    # global seed (per-rank seeds derive from it)
     device: str = "auto"             # auto (CUDA when available) | cpu | cuda | cuda:N
+    processes: int = 1               # data-parallel training processes (DDP; one per GPU, gloo on CPU)
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = None                # the variant family's model dataclass
     train: Any = None                # the variant family's training dataclass

@@ -21,13 +21,15 @@ import torch
 from bench import registry
 from bench.config import RunConfig, to_dict
 from bench.data import load_dataset
+from bench.distributed import SINGLE, DistContext, rank_seed
 from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
                             time_sampler)
 from bench.metrics import compute_metrics, reference_images, resolve_backbone
-from bench.tracking import REPO_ROOT, Tracker, flatten, get_experiment_id, tracking_uri
+from bench.tracking import REPO_ROOT, NullTracker, Tracker, flatten, get_experiment_id, tracking_uri
 from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult, train_diffusion, train_gan
 
-__all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run", "to_uint8"]
+__all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run", "to_uint8", "setup_training",
+           "TRAINERS"]
 
 TRAINERS = {"gan": train_gan, "diffusion": train_diffusion, "dvdp": train_diffusion}
 
@@ -163,25 +165,77 @@ def _save_grid(images: torch.Tensor, path: Path) -> None:
 
 def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str | None = None,
             tags: dict | None = None, force: bool = False, progress: bool = True,
-            should_stop: Callable[[], bool] | None = None, out_dir: str | Path | None = None) -> JobResult:
-    """Run one resolved job. Exceptions mark the MLflow run FAILED with the reason and are re-raised."""
+            should_stop: Callable[[], bool] | None = None, out_dir: str | Path | None = None,
+            dist: DistContext = SINGLE) -> JobResult:
+    """Run one resolved job. Exceptions mark the MLflow run FAILED with the reason and are re-raised.
+
+    With several ranks (``cfg.processes`` > 1, ``dist`` from :func:`bench.distributed.process_group`) every rank
+    calls this: all of them train (DDP); rank 0 alone decides skipping, owns the MLflow run and the files, and
+    evaluates; the other ranks return once training is done."""
     variant = registry.VARIANTS[cfg.variant]
     jh, th = registry.job_hash(cfg), registry.train_hash(cfg)
+    if dist.world_size != cfg.processes:
+        raise RuntimeError(f"the job asks for processes={cfg.processes}, this process group has {dist.world_size}")
     if not force:
-        done = find_finished_run(experiment, jh)
+        done = dist.broadcast(find_finished_run(experiment, jh) if dist.is_main else None)
         if done is not None:
             return JobResult("SKIPPED", done["run_id"], jh, done["metrics"], "a FINISHED run with this job hash exists")
 
     workdir = runs_root() / th
     workdir.mkdir(parents=True, exist_ok=True)
     run_file = workdir / f"run-{jh}.json"
-    if force:
-        for p in workdir.glob("ckpt-*.pt"):
-            p.unlink()
-        run_file.unlink(missing_ok=True)
-    (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if dist.is_main:
+        if force:
+            for p in workdir.glob("ckpt-*.pt"):
+                p.unlink()
+            run_file.unlink(missing_ok=True)
+        (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    tracker = _open_run(cfg, experiment, parent_run_id, tags, run_file) if dist.is_main else NullTracker()
+    dist.barrier()  # the other ranks start once rank 0 has cleared old checkpoints (--force)
 
-    # Continue this job's MLflow run if an earlier attempt left one unfinished.
+    try:
+        tracker.log_params(flatten(cfg))
+        system, stream, device = setup_training(cfg, dist)
+
+        # Train (or resume; evaluation-only variants find their trained checkpoint in the same directory).
+        trainer = TRAINERS[variant.family]
+        on_step = _periodic_fid(cfg, system, tracker, device) if dist.is_main else None
+        result: TrainResult = trainer(cfg, system, stream, tracker, workdir, device, should_stop=should_stop,
+                                      progress=progress and dist.is_main, on_step=on_step, dist=dist)
+        if result.interrupted:
+            tracker.flush()
+            return JobResult("INTERRUPTED", tracker.run_id, jh, {"train_steps": result.step})
+        if not dist.is_main:
+            return JobResult("FINISHED", None, jh, {"train_steps": result.step},
+                             f"rank {dist.rank}: training done; rank 0 logs and evaluates")
+        return _finish(cfg, system, result, len(stream.ds), tracker, device, jh, th, progress, out_dir)
+    except BaseException as e:
+        if dist.is_main and isinstance(e, (KeyboardInterrupt, SystemExit)):  # killed or requeued: resumable
+            tracker.flush()
+            tracker.client.set_terminated(tracker.run_id, status="KILLED")
+        elif dist.is_main:
+            tracker.fail(f"{type(e).__name__}: {e}")
+        raise
+
+
+def setup_training(cfg: RunConfig, dist: DistContext = SINGLE) -> tuple[object, BatchStream, torch.device]:
+    """This rank's device, the system (the same initial weights on every rank), this rank's RNG seeds and its
+    stream of training batches."""
+    device = dist.device(resolve_device(cfg.device))
+    seed_everything(cfg.seed)
+    system = registry.build(cfg).to(device)
+    if dist.enabled:
+        seed_everything(rank_seed(cfg.seed, dist.rank))  # each rank draws its own noise
+    stream = BatchStream(load_dataset(cfg.data, "train"), cfg.train.batch_size, cfg.seed, rank=dist.rank,
+                         world_size=dist.world_size)
+    return system, stream, device
+
+
+def _open_run(cfg: RunConfig, experiment: str, parent_run_id: str | None, tags: dict | None,
+              run_file: Path) -> Tracker:
+    """Continue this job's MLflow run if an earlier attempt left one unfinished, else start one."""
+    variant = registry.VARIANTS[cfg.variant]
+    jh, th = registry.job_hash(cfg), registry.train_hash(cfg)
     tracker = None
     if run_file.exists():
         rec = json.loads(run_file.read_text())
@@ -199,65 +253,48 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
                                       "train_hash": th, "device": device_tag,
                                       "published_row": variant.published_row or "",
                                       "metric_backbone": resolve_backbone(cfg.eval.metrics.backbone, cfg.data.name),
+                                      **({"processes": str(cfg.processes)} if cfg.processes > 1 else {}),
                                       **(tags or {})})
         run_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracking_uri()}))
     elif tags:
         tracker.set_tags(tags)
+    return tracker
 
-    try:
-        tracker.log_params(flatten(cfg))
-        device = resolve_device(cfg.device)
-        seed_everything(cfg.seed)
-        system = registry.build(cfg).to(device)
-        train_ds = load_dataset(cfg.data, "train")
-        stream = BatchStream(train_ds, cfg.train.batch_size, cfg.seed)
 
-        # Train (or resume; evaluation-only variants find their trained checkpoint in the same directory).
-        trainer = TRAINERS[variant.family]
-        result: TrainResult = trainer(cfg, system, stream, tracker, workdir, device, should_stop=should_stop,
-                                      progress=progress, on_step=_periodic_fid(cfg, system, tracker, device))
-        if result.interrupted:
-            tracker.flush()
-            return JobResult("INTERRUPTED", tracker.run_id, jh, {"train_steps": result.step})
-        train_metrics = {
-            "train_steps": result.step, "train_epochs": result.epoch, "train_wall_clock_s": result.wall_clock_s,
-            "train_images_per_s": result.images_per_s,
-            "train_s_per_epoch": len(train_ds) / result.images_per_s if result.images_per_s > 0 else float("nan"),
-        }
-        tracker.log_metrics(train_metrics, step=result.step)
+def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: Tracker, device: torch.device,
+            jh: str, th: str, progress: bool, out_dir: str | Path | None) -> JobResult:
+    """Rank 0 after training: training metrics, evaluation, artifacts, FINISHED."""
+    train_metrics = {
+        "train_steps": result.step, "train_epochs": result.epoch, "train_wall_clock_s": result.wall_clock_s,
+        "train_images_per_s": result.images_per_s,
+        "train_s_per_epoch": n_train / result.images_per_s if result.images_per_s > 0 else float("nan"),
+    }
+    tracker.log_metrics(train_metrics, step=result.step)
 
-        # Evaluate.
-        say = (lambda s: print(f"[{cfg.variant}] {s}", flush=True)) if progress else (lambda s: None)
-        metrics, protocol, grid = evaluate(cfg, system, device, progress=say)
-        tracker.log_metrics(metrics, step=result.step)
-        tracker.set_tags({"metric_backbone_fid": protocol.get("metrics_backbone_fid", ""),
-                          "metric_implementation": protocol.get("metrics_implementation", ""),
-                          "timing_device": protocol.get("timing_device_name", ""),
-                          "timing_threads": protocol.get("timing_torch_threads", "")})
-        summary = {"variant": cfg.variant, "dataset": cfg.dataset, "job_hash": jh, "train_hash": th,
-                   "metrics": {**metrics, **train_metrics}, "protocol": {**protocol, **device_description(device)},
-                   "resumed_from_step": result.resumed_from}
+    # Evaluate.
+    say = (lambda s: print(f"[{cfg.variant}] {s}", flush=True)) if progress else (lambda s: None)
+    metrics, protocol, grid = evaluate(cfg, system, device, progress=say)
+    tracker.log_metrics(metrics, step=result.step)
+    tracker.set_tags({"metric_backbone_fid": protocol.get("metrics_backbone_fid", ""),
+                      "metric_implementation": protocol.get("metrics_implementation", ""),
+                      "timing_device": protocol.get("timing_device_name", ""),
+                      "timing_threads": protocol.get("timing_torch_threads", "")})
+    summary = {"variant": cfg.variant, "dataset": cfg.dataset, "job_hash": jh, "train_hash": th,
+               "metrics": {**metrics, **train_metrics}, "protocol": {**protocol, **device_description(device)},
+               "resumed_from_step": result.resumed_from}
 
-        # Artifacts: resolved config, evaluation summary, sample grid, final checkpoint of the sampling network.
-        with tempfile.TemporaryDirectory() as d:
-            d = Path(d)
-            (d / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-            (d / "eval_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-            _save_grid(grid, d / "samples.png")
-            torch.save({"version": CHECKPOINT_VERSION, "config": to_dict(cfg),
-                        "state_dict": system.sampling_network.state_dict()}, d / "final.pt")
-            for name in ("config.json", "eval_summary.json", "samples.png", "final.pt"):
-                tracker.log_artifact(d / name)
-            if out_dir is not None:
-                Path(out_dir).mkdir(parents=True, exist_ok=True)
-                shutil.copy(d / "samples.png", Path(out_dir) / f"samples-{cfg.variant}.png")
-        tracker.end("FINISHED")
-        return JobResult("FINISHED", tracker.run_id, jh, summary["metrics"])
-    except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):  # killed or requeued: resumable, not failed
-            tracker.flush()
-            tracker.client.set_terminated(tracker.run_id, status="KILLED")
-        else:
-            tracker.fail(reason)
-        raise
+    # Artifacts: resolved config, evaluation summary, sample grid, final checkpoint of the sampling network.
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        (d / "eval_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _save_grid(grid, d / "samples.png")
+        torch.save({"version": CHECKPOINT_VERSION, "config": to_dict(cfg),
+                    "state_dict": system.sampling_network.state_dict()}, d / "final.pt")
+        for name in ("config.json", "eval_summary.json", "samples.png", "final.pt"):
+            tracker.log_artifact(d / name)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copy(d / "samples.png", Path(out_dir) / f"samples-{cfg.variant}.png")
+    tracker.end("FINISHED")
+    return JobResult("FINISHED", tracker.run_id, jh, summary["metrics"])

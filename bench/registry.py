@@ -370,6 +370,15 @@ def _check_values(cfg: RunConfig) -> list[str]:
             p.append(f"eval.steps={cfg.eval.steps} must lie in [0, {T}]")
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
         p.append(f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
+    if cfg.processes < 1:
+        p.append(f"processes must be >= 1, got {cfg.processes}")
+    elif cfg.processes > 1:
+        if getattr(t, "batch_size", 0) % cfg.processes:
+            p.append(f"train.batch_size={t.batch_size} is not divisible by processes={cfg.processes} "
+                     "(the batch size counts all processes together)")
+        if cfg.device.startswith("cuda:"):
+            p.append(f"device={cfg.device!r} pins one GPU; with processes={cfg.processes} use auto or cuda "
+                     "(each process takes the GPU of its local rank)")
     return p
 
 
@@ -382,7 +391,8 @@ def train_hash(cfg: RunConfig) -> str:
     v = VARIANTS[cfg.variant]
     d = to_dict(cfg)
     return config_hash({"variant": v.trains_as or v.name, "dataset": cfg.dataset, "scale": cfg.scale,
-                        "seed": cfg.seed, "data": d["data"], "model": d["model"], "train": d["train"]})
+                        "seed": cfg.seed, "processes": cfg.processes, "data": d["data"], "model": d["model"],
+                        "train": d["train"]})
 
 
 def job_hash(cfg: RunConfig) -> str:

@@ -220,6 +220,8 @@ class JobTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> list[dict]:
         from bench import registry
+        from bench.distributed import process_group
+        from bench.evaluate import resolve_device
         from bench.job import run_job
 
         os.environ.update(self.env)
@@ -234,21 +236,27 @@ class JobTask(submitit.helpers.Checkpointable):
                 f"_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in os.environ else "")
         results = []
         force = self.force
-        for d in self.configs:
-            cfg = registry.from_dict(d)
-            try:
-                r = run_job(cfg, experiment=self.experiment, parent_run_id=self.parent_run_id, tags=tags, force=force,
-                            progress=False, should_stop=stop.is_set)
-            except Exception as e:  # the run is already marked FAILED with the reason
-                results.append({"job_hash": registry.job_hash(cfg), "status": "FAILED", "run_id": None,
-                                "reason": f"{type(e).__name__}: {e}", "metrics": {}})
-                continue
-            finally:
-                force = False  # later jobs of the chain share the (re)trained checkpoint
-            if r.status == "INTERRUPTED" and callable(submitit_handler):
-                submitit_handler(signal.SIGUSR2, None)  # submitit: checkpoint() -> requeue -> exit
-            results.append({"job_hash": r.job_hash, "status": r.status, "run_id": r.run_id, "metrics": r.metrics,
-                            "reason": r.reason})
+        first = registry.from_dict(self.configs[0])  # a chain shares its training, hence its process count
+        with process_group(first.processes, resolve_device(first.device)) as dist:
+            for d in self.configs:
+                cfg = registry.from_dict(d)
+                try:
+                    r = run_job(cfg, experiment=self.experiment, parent_run_id=self.parent_run_id, tags=tags,
+                                force=force, progress=False, should_stop=stop.is_set, dist=dist)
+                except Exception as e:  # the run is already marked FAILED with the reason
+                    results.append({"job_hash": registry.job_hash(cfg), "status": "FAILED", "run_id": None,
+                                    "reason": f"{type(e).__name__}: {e}", "metrics": {}})
+                    if dist.enabled:  # the other ranks cannot go on without this one
+                        raise
+                    continue
+                finally:
+                    force = False  # later jobs of the chain share the (re)trained checkpoint
+                results.append({"job_hash": r.job_hash, "status": r.status, "run_id": r.run_id,
+                                "metrics": r.metrics, "reason": r.reason})
+                if r.status == "INTERRUPTED":
+                    if callable(submitit_handler):  # rank 0: submitit's checkpoint() -> requeue -> exit
+                        submitit_handler(signal.SIGUSR2, None)
+                    break  # the rest of the chain runs after the requeue
         return results
 
     def checkpoint(self, *args, **kwargs):
@@ -267,7 +275,7 @@ def make_executor(kind: str, folder: Path, cluster: dict, timeout_min: float):
     if kind == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params: dict[str, Any] = {"timeout_min": int(cluster.get("timeout_min", timeout_min)),
-                                  "slurm_signal_delay_s": int(cluster.get("signal_delay_s", 90))}
+                                  "slurm_signal_delay_s": int(cluster.get("signal_delay_s", 90)), "nodes": 1}
         if cluster.get("partition"):
             params["slurm_partition"] = cluster["partition"]
         if cluster.get("gpus_per_node"):
@@ -285,6 +293,20 @@ def make_executor(kind: str, folder: Path, cluster: dict, timeout_min: float):
     ex = submitit.AutoExecutor(folder=folder, cluster="local")
     ex.update_parameters(timeout_min=int(timeout_min))
     return ex
+
+
+def set_processes(ex, cluster: dict, processes: int) -> None:
+    """The next submissions run ``processes`` tasks on one node (the DDP ranks of a job), each with one GPU
+    when the cluster profile asks for GPUs."""
+    params: dict[str, Any] = {"tasks_per_node": processes}
+    if cluster.get("gpus_per_node"):
+        params["gpus_per_node"] = max(int(cluster["gpus_per_node"]), processes)
+    ex.update_parameters(**params)
+
+
+def task_result(job) -> list[dict]:
+    """What a submitted :class:`JobTask` returned: rank 0's results (the only rank that evaluates)."""
+    return job.results()[0]
 
 
 def chains(configs: list[RunConfig]) -> list[list[RunConfig]]:
@@ -352,7 +374,12 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     if executor == "slurm":
         if max_parallel:
             ex.update_parameters(slurm_array_parallelism=max_parallel)
-        jobs = ex.submit_array(tasks) if tasks else []
+        jobs = [None] * len(tasks)
+        for n in sorted({chain[0].processes for chain in todo}):  # one array per process count
+            idx = [i for i, chain in enumerate(todo) if chain[0].processes == n]
+            set_processes(ex, cluster, n)
+            for i, j in zip(idx, ex.submit_array([tasks[i] for i in idx])):
+                jobs[i] = j
         for i, j in enumerate(jobs):
             print(f"[pending] {names[i]}  (SLURM job {j.job_id})", file=out, flush=True)
             states[i] = "pending"
@@ -363,6 +390,7 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
         if executor != "slurm":  # throttle local jobs ourselves (submitit's local executor starts all at once)
             while queue and len(running) < max(1, max_parallel):
                 i = queue.pop(0)
+                set_processes(ex, cluster, todo[i][0].processes)
                 running[i] = ex.submit(tasks[i])
                 print(f"[running] {names[i]}", file=out, flush=True)
                 states[i] = "running"
@@ -386,7 +414,7 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
                 finished[i] = j
                 running.pop(i, None)
                 try:
-                    res = j.result()
+                    res = task_result(j)
                     for r in res:
                         results[r["job_hash"]] = r
                     failed = [r for r in res if r["status"] == "FAILED"]

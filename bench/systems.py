@@ -150,11 +150,12 @@ class DiffusionSystem(_Space):
         d = self.cfg.denoiser
         return (n, d.in_channels, d.image_size, d.image_size)
 
-    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, images: torch.Tensor, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """MSE on the prediction target (random t per sample), and the image-space smooth-L1 of x0_hat taken at
-        each sample's own t (WDDM's auxiliary term, done right)."""
+        each sample's own t (WDDM's auxiliary term, done right). ``net``: the denoiser as trained (e.g. its
+        DDP wrapper); default the denoiser itself."""
         x0 = self.encode(images)
-        mse, x0_hat = self.diffusion.loss(self.denoiser, x0)
+        mse, x0_hat = self.diffusion.loss(net or self.denoiser, x0)
         return {"loss": mse, "loss_image": F.smooth_l1_loss(self.decode(x0_hat), images)}
 
     @torch.no_grad()
@@ -183,8 +184,8 @@ class DVDPSystem(DiffusionSystem):
         d = self.cfg.denoiser
         return self.process.state_shape(n, d.image_size, d.in_channels)
 
-    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        mse, x0_hat = self.process.loss(self.denoiser, images)
+    def loss(self, images: torch.Tensor, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        mse, x0_hat = self.process.loss(net or self.denoiser, images)
         return {"loss": mse, "loss_image": F.smooth_l1_loss(x0_hat, images)}
 
     @torch.no_grad()

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bench.data import InMemoryImages
+from bench.distributed import SINGLE, DistContext
 
 __all__ = ["GANTrainConfig", "DiffusionTrainConfig", "TrainResult", "NonFiniteLoss", "Checkpointer",
            "BatchStream", "run_loop", "train_gan", "train_diffusion", "CHECKPOINT_VERSION", "ema_update"]
@@ -154,12 +155,19 @@ def _from_plain_numpy(state: tuple) -> tuple:
 
 class BatchStream:
     """Deterministic batches: epoch e uses a permutation seeded by (seed, e); step k is batch k mod
-    steps_per_epoch of its epoch, so a resumed run sees exactly the batches it would have seen."""
+    steps_per_epoch of its epoch, so a resumed run sees exactly the batches it would have seen.
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0):
+    With several ranks, ``batch_size`` is the global batch and rank r gets its r-th contiguous slice: the data
+    order, the flips and the images per step do not depend on the number of ranks."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if len(dataset) < batch_size:
             raise ValueError(f"train.batch_size={batch_size} exceeds the training split ({len(dataset)} images)")
+        if batch_size % world_size:
+            raise ValueError(f"train.batch_size={batch_size} is not divisible by processes={world_size}")
         self.ds, self.bs, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
+        self.rank, self.world_size = rank, world_size
         self.steps_per_epoch = len(dataset) // batch_size
 
     def _perm(self, epoch: int) -> torch.Tensor:
@@ -169,14 +177,18 @@ class BatchStream:
     def batch(self, step: int) -> torch.Tensor:
         epoch, k = divmod(step, self.steps_per_epoch)
         idx = self._perm(epoch)[k * self.bs:(k + 1) * self.bs]
+        per_rank = self.bs // self.world_size
+        mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         if isinstance(self.ds, InMemoryImages):
-            x = self.ds.images[idx].float() / 127.5 - 1.0
+            flip = None
             if self.ds.hflip:
                 g = torch.Generator().manual_seed(self.seed * 7_919 + step)
-                flip = torch.rand(len(idx), generator=g) < 0.5
+                flip = (torch.rand(len(idx), generator=g) < 0.5)[mine]
+            x = self.ds.images[idx[mine]].float() / 127.5 - 1.0
+            if flip is not None:
                 x[flip] = x[flip].flip(-1)
             return x
-        loader = DataLoader(torch.utils.data.Subset(self.ds, idx.tolist()), batch_size=self.bs,
+        loader = DataLoader(torch.utils.data.Subset(self.ds, idx[mine].tolist()), batch_size=per_rank,
                             num_workers=self.num_workers)
         return next(iter(loader))[0]
 
@@ -204,11 +216,13 @@ def total_steps(t, steps_per_epoch: int) -> int | None:
 def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers: dict,
              update: Callable[[torch.Tensor, int], dict], stream: BatchStream, tracker, workdir: str | Path,
              device: torch.device, should_stop: Callable[[], bool] | None = None,
-             progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+             progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+             dist: DistContext = SINGLE) -> TrainResult:
     """The loop every family shares. ``update(batch, step)`` does one optimisation step and returns its losses
     (floats); everything else (budgets, resume, checkpoints, logging, NaN rule) happens here.
     ``on_step(step, training_seconds)`` runs after every step (e.g. periodic evaluation); its time is not
-    counted as training time."""
+    counted as training time. With several ranks (``dist``) every rank runs this loop: they agree on each step's
+    losses, budget and stop request; rank 0 writes the checkpoints (with every rank's RNG state)."""
     t = cfg.train
     ckpt = Checkpointer(workdir)
 
@@ -222,23 +236,30 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
             o.load_state_dict(state["optimizers"][name])
         for name, s in schedulers.items():
             s.load_state_dict(state["schedulers"][name])
-        rng = state["rng"]
+        per_rank = state.get("rng_ranks") or [state["rng"]]
+        if len(per_rank) != dist.world_size:
+            raise RuntimeError(f"checkpoint written by {len(per_rank)} process(es), resumed with {dist.world_size}")
+        rng = per_rank[dist.rank]
         rng["numpy"] = _from_plain_numpy(rng["numpy"])
         _set_rng_state(rng)
         step, elapsed, resumed_from = state["step"], state["elapsed_s"], state["step"]
         tracker.set_tags({"resumed_from_step": step})
 
     def save() -> None:
-        ckpt.save({
-            "version": CHECKPOINT_VERSION,
-            "config": _config_dict(cfg),
-            "step": step,
-            "elapsed_s": elapsed,
-            "modules": {n: m.state_dict() for n, m in modules.items()},
-            "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-            "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-            "rng": _to_plain(_rng_state()),
-        }, step)
+        rngs = dist.gather(_to_plain(_rng_state()))
+        if dist.is_main:
+            ckpt.save({
+                "version": CHECKPOINT_VERSION,
+                "config": _config_dict(cfg),
+                "step": step,
+                "elapsed_s": elapsed,
+                "modules": {n: m.state_dict() for n, m in modules.items()},
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                "rng": rngs[0],
+                **({"rng_ranks": rngs} if dist.enabled else {}),
+            }, step)
+        dist.barrier()  # no rank goes on (or is killed) before the checkpoint is complete
 
     def budget_left() -> bool:
         if t.max_steps is not None and step >= t.max_steps:
@@ -250,18 +271,23 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
         return True
 
     horizon = total_steps(t, stream.steps_per_epoch)
-    bar = tqdm(total=horizon, initial=step, disable=not progress, desc=cfg.variant, mininterval=2.0,
+    bar = tqdm(total=horizon, initial=step, disable=not (progress and dist.is_main), desc=cfg.variant, mininterval=2.0,
                file=sys.stderr, unit="step")
     session_steps, session_time, interrupted = 0, 0.0, False
     history: dict[str, list] = {}
     last_ckpt = step
-    while budget_left():
-        if should_stop is not None and should_stop():
+    while True:
+        flags = (not budget_left(), should_stop is not None and should_stop())
+        if dist.enabled:  # every rank stops at the same step
+            flags = dist.sync_step({}, flags, device)[1]
+        if flags[0]:
+            break
+        if flags[1]:
             interrupted = True
             break
         t0 = time.perf_counter()
         x = stream.batch(step).to(device, non_blocking=True)
-        losses = update(x, step)
+        losses, _ = dist.sync_step(update(x, step), (), device)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLoss(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
@@ -290,7 +316,7 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
     bar.close()
     save()
     tracker.flush()
-    ips = session_steps * t.batch_size / session_time if session_time > 0 else float("nan")
+    ips = session_steps * t.batch_size / session_time  # global batch: images of all ranks if session_time > 0 else float("nan")
     return TrainResult(step=step, epoch=step / stream.steps_per_epoch, wall_clock_s=elapsed, images_per_s=ips,
                        resumed_from=resumed_from, interrupted=interrupted, history=history)
 
@@ -319,10 +345,13 @@ def _lr_lambda(horizon: int | None, warmup: int, floor_ratio: float) -> Callable
 
 def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.device,
               should_stop: Callable[[], bool] | None = None, progress: bool = True,
-              on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """DDGAN / WaveDiff training (PAPERS.md sections 1-2) on the system's diffusion space."""
+              on_step: Callable[[int, float], None] | None = None, dist: DistContext = SINGLE) -> TrainResult:
+    """DDGAN / WaveDiff training (PAPERS.md sections 1-2) on the system's diffusion space. With several ranks,
+    the calls whose gradients are applied go through DDP (D in its own step, G in its own step); the frozen or
+    no-grad calls use the plain modules, which hold the same weights on every rank."""
     t: GANTrainConfig = cfg.train
     G, D, G_ema, process = system.G, system.D, system.G_ema, system.process
+    G_par, D_par = dist.wrap(G, device), dist.wrap(D, device)
     T = process.num_timesteps
     opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
@@ -343,7 +372,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         x_t, x_tp1 = process.q_sample_pairs(x0, tt)
         r1_step = t.r1_gamma > 0 and step % t.lazy_reg == 0
         x_t.requires_grad_(r1_step)
-        d_real = D(x_t, tt, x_tp1.detach())
+        d_real = D_par(x_t, tt, x_tp1.detach())
         loss_d_real = F.softplus(-d_real).mean()
         r1 = torch.zeros((), device=x0.device)
         if r1_step:
@@ -353,7 +382,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         with torch.no_grad():
             x0_fake = G(x_tp1, tt, z)
         x_fake = process.posterior_sample(x0_fake, x_tp1, tt)
-        loss_d_fake = F.softplus(D(x_fake, tt, x_tp1)).mean()
+        loss_d_fake = F.softplus(D_par(x_fake, tt, x_tp1)).mean()
         (loss_d_real + loss_d_fake + r1).backward()
         opt_d.step()
 
@@ -363,7 +392,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         tt = torch.randint(0, T, (b,), device=x0.device)
         x_t, x_tp1 = process.q_sample_pairs(x0, tt)
         z = torch.randn(b, system.nz, device=x0.device)
-        x0_pred = G(x_tp1, tt, z)
+        x0_pred = G_par(x_tp1, tt, z)
         x_fake = process.posterior_sample(x0_pred, x_tp1, tt)
         loss_g_adv = F.softplus(-D(x_fake, tt, x_tp1)).mean()
         loss_rec = F.l1_loss(x0_pred, x0)
@@ -380,18 +409,20 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
 
     return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
                     schedulers={"g": sched_g, "d": sched_d}, update=update, stream=stream, tracker=tracker,
-                    workdir=workdir, device=device, should_stop=should_stop, progress=progress, on_step=on_step)
+                    workdir=workdir, device=device, should_stop=should_stop, progress=progress, on_step=on_step,
+                    dist=dist)
 
 
 # ============================================================================================== diffusion family
 
 def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: torch.device,
                     should_stop: Callable[[], bool] | None = None, progress: bool = True,
-                    on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+                    on_step: Callable[[int, float], None] | None = None, dist: DistContext = SINGLE) -> TrainResult:
     """DDPM-family training (PAPERS.md section 3): MSE on the prediction target at a random t per sample, plus
     ``image_loss_weight`` x smooth-L1 between the decoded x0_hat (at each sample's own t) and the image."""
     t: DiffusionTrainConfig = cfg.train
     net = system.denoiser
+    net_par = dist.wrap(net, device)
     opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     horizon = total_steps(t, stream.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(horizon, t.warmup_steps, 0.0))
@@ -399,7 +430,7 @@ def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: 
 
     def update(images: torch.Tensor, step: int) -> dict:
         opt.zero_grad(set_to_none=True)
-        losses = system.loss(images)
+        losses = system.loss(images, net=net_par)
         loss = losses["loss"] + (t.image_loss_weight * losses["loss_image"] if t.image_loss_weight > 0 else 0.0)
         loss.backward()
         grad_norm = None
@@ -415,4 +446,4 @@ def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: 
 
     return run_loop(cfg, modules=system.modules(), optimizers={"denoiser": opt}, schedulers={"denoiser": sched},
                     update=update, stream=stream, tracker=tracker, workdir=workdir, device=device,
-                    should_stop=should_stop, progress=progress, on_step=on_step)
+                    should_stop=should_stop, progress=progress, on_step=on_step, dist=dist)

@@ -417,6 +417,7 @@ class _Driver:
         self.stamp = stamp
         folder = runs_root() / "submitit" / f"tune-{tc.study}-{stamp}"
         self.executor = make_executor(executor_kind, folder, cluster, float(tc.executor.timeout_min))
+        self.cluster = cluster
         self.env = {"MLFLOW_TRACKING_URI": tracking_uri()}
         for k in ("WAVEBENCH_RUNS", "WAVEBENCH_CACHE", "WAVEBENCH_ARTIFACT_ROOT"):
             if k in os.environ:
@@ -490,7 +491,7 @@ class _Driver:
 
     # ------------------------------------------------------------------ one trial
     def ask(self) -> None:
-        from bench.run import JobTask
+        from bench.run import JobTask, set_processes
 
         trial = self.study.ask()
         lam = suggest_lambda(trial, self.tc.lambda_rec)
@@ -513,6 +514,7 @@ class _Driver:
         tags = {"study": self.tc.study, "study_uid": self.uid, "trial_number": trial.number, "kind": "trial",
                 "executor": self.kind}
         task = JobTask([to_dict(cfg)], self.tc.experiment, self.parent.run_id, tags, False, self.env)
+        set_processes(self.executor, self.cluster, cfg.processes)
         job = self.executor.submit(task)
         trial.set_user_attr("executor", self.kind)
         trial.set_user_attr("job_id", str(job.job_id))
@@ -608,7 +610,9 @@ class _Driver:
                 time.sleep(0.1)
             if not r.job.paths.result_pickle.exists():
                 raise RuntimeError("its process ended without a result")
-        return r.job.result()[0]
+        from bench.run import task_result
+
+        return task_result(r.job)[0]
 
     def finish(self, r: _InFlight) -> None:
         from optuna.trial import TrialState
@@ -668,6 +672,8 @@ class _Driver:
     def _pruned(self, r: _InFlight) -> None:
         from optuna.trial import TrialState
 
+        from bench.run import task_result
+
         if self.kind == "slurm":
             try:
                 r.job.cancel(check=False)  # make sure it is gone
@@ -675,7 +681,7 @@ class _Driver:
                 pass
         if r.job.paths.result_pickle.exists():  # it finished before the signal arrived: keep the result
             try:
-                finished = r.job.result()[0]["status"] == "FINISHED"
+                finished = task_result(r.job)[0]["status"] == "FINISHED"
             except Exception:
                 finished = False
             if finished:

@@ -74,6 +74,42 @@ def test_requeued_job_resumes_its_checkpoint_and_its_run(slurm_up, store, tmp_pa
     assert int(kids[0].data.tags["resumed_from_step"]) >= 8
 
 
+@pytest.mark.slurm
+def test_two_process_job_on_slurm_requeues_and_resumes_both_ranks(slurm_up, store, tmp_path):
+    """A DDP job (2 tasks, gloo) preempted with USR2: both ranks stop at the same step, rank 0 requeues, the
+    job resumes from the checkpoint, one FINISHED run with every step logged once."""
+    p = _grid_file(tmp_path, ["wavediff"], "ddp-requeue", processes=2, **{
+        "train.batch_size": 8, "train.max_steps": 24, "train.log_every": 1, "train.checkpoint_every": 5})
+    grid = run.load_grid(str(p))
+    configs = run.validate(grid)
+    out = {}
+    th = threading.Thread(target=lambda: out.update(res=run.run_grid(
+        grid, configs, executor="slurm", max_parallel=1, cluster=run.load_cluster(str(ROOT / "slurm/profiles/local.yaml")),
+        poll_s=0.5)))
+    th.start()
+    client = MlflowClient(store)
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline:
+        kids = _children(store, "ddp-requeue") if client.get_experiment_by_name("ddp-requeue") else []
+        if kids and len(client.get_metric_history(kids[0].info.run_id, "loss_g")) >= 6:
+            run_id = kids[0].info.run_id
+            break
+        time.sleep(0.5)
+    assert run_id, "training did not start on the cluster"
+    job_id = client.get_run(run_id).data.tags["slurm_job_id"].split("_")[0]
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    th.join(timeout=300)
+    assert not th.is_alive()
+    results, _ = out["res"]
+    assert [r["status"] for r in results] == ["FINISHED"], results
+    kids = _children(store, "ddp-requeue")
+    assert len(kids) == 1 and kids[0].info.run_id == run_id and kids[0].info.status == "FINISHED"
+    assert kids[0].data.tags["processes"] == "2"
+    assert [m.step for m in client.get_metric_history(run_id, "loss_g")] == list(range(1, 25))
+    assert int(kids[0].data.tags["resumed_from_step"]) >= 6
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

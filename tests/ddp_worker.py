@@ -1,0 +1,69 @@
+"""One rank of a 2-process CPU (gloo) job, started by tests/test_distributed.py with torchrun's variables
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+
+    python tests/ddp_worker.py train <out dir> <variant> <max steps> [<stop after N steps on rank 1>]
+    python tests/ddp_worker.py grad <out dir>
+
+``train`` runs the suite's training (setup_training + the family's trainer) and saves this rank's modules and
+result; ``grad`` saves the gradient of one DDP step on this rank's slice of a fixed global batch.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import registry
+from bench.distributed import process_group
+from bench.job import TRAINERS, setup_training
+from bench.tracking import NullTracker
+from conftest import micro
+
+CPU = torch.device("cpu")
+
+
+def job(variant: str, max_steps: int) -> dict:
+    gan = {"train.lazy_reg": 2} if registry.VARIANTS[variant].family == "gan" else {}  # R1 through DDP too
+    return micro(variant, **{"processes": 2, "train.max_steps": max_steps, "train.checkpoint_every": 2,
+                             "train.batch_size": 8, "train.log_every": 1, **gan})
+
+
+def train(out: Path, variant: str, max_steps: int, stop_after: int | None) -> None:
+    cfg = registry.resolve(job(variant, max_steps))
+    with process_group(cfg.processes, CPU) as dist:
+        system, stream, device = setup_training(cfg, dist)
+        calls: list[int] = []
+        stop = None
+        if stop_after is not None and dist.rank == 1:  # only rank 1 is asked to stop: both must stop together
+            stop = lambda: calls.append(1) or len(calls) > stop_after  # noqa: E731
+        tracker = NullTracker()
+        res = TRAINERS[system.family](cfg, system, stream, tracker, out / "work", device, should_stop=stop,
+                                      progress=False, dist=dist)
+        torch.save({n: m.state_dict() for n, m in system.modules().items()}, out / f"modules-{dist.rank}.pt")
+        (out / f"result-{dist.rank}.json").write_text(json.dumps(
+            {"step": res.step, "interrupted": res.interrupted, "resumed_from": res.resumed_from,
+             "logged": tracker.metrics}))
+
+
+def grad(out: Path) -> None:
+    """Gradient of the mean epsilon-MSE of a DDPM denoiser on a fixed global batch of 8, this rank taking 4."""
+    cfg = registry.resolve(job("ddpm", 1))
+    with process_group(cfg.processes, CPU) as dist:
+        system, stream, device = setup_training(cfg, dist)
+        g = torch.Generator().manual_seed(5)  # the same global noise and time steps on every rank
+        noise = torch.randn((8, *system.state_shape(1)[1:]), generator=g)
+        t = torch.randint(0, system.diffusion.num_timesteps, (8,), generator=g)
+        mine = slice(4 * dist.rank, 4 * dist.rank + 4)
+        net = dist.wrap(system.denoiser, device)
+        mse, _ = system.diffusion.loss(net, system.encode(stream.batch(0)), t=t[mine], noise=noise[mine])
+        mse.backward()
+        torch.save({n: p.grad for n, p in system.denoiser.named_parameters()}, out / f"grad-{dist.rank}.pt")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    if mode == "train":
+        train(out, sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None)
+    else:
+        grad(out)
