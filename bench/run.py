@@ -45,8 +45,12 @@ __all__ = ["load_grid", "expand", "validate", "Grid", "JobTask", "main", "run_gr
 EXECUTORS = ("local", "slurm", "auto")
 GRID_KEYS = ("name", "experiment", "defaults", "axes", "jobs", "executor", "cluster")
 EXECUTOR_KEYS = ("name", "max_parallel", "timeout_min")
-CLUSTER_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism",
-                "additional_parameters", "signal_delay_s")
+# Cluster profile key -> submitit parameter (slurm/profiles/*.yaml).
+PROFILE_TO_SUBMITIT = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node",
+                       "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "timeout_min": "timeout_min",
+                       "array_parallelism": "slurm_array_parallelism",
+                       "additional_parameters": "slurm_additional_parameters", "signal_delay_s": "slurm_signal_delay_s"}
+CLUSTER_KEYS = tuple(PROFILE_TO_SUBMITIT)
 
 
 @dataclass
@@ -271,24 +275,21 @@ def _sbatch_available() -> bool:
     return shutil.which("sbatch") is not None
 
 
+def cluster_parameters(cluster: dict, timeout_min: float) -> dict[str, Any]:
+    """A cluster profile as submitit's SLURM parameters (one node per job; SIGUSR2 90 s before the limit
+    unless the profile says otherwise; unset or zero sizes left to SLURM's defaults)."""
+    params: dict[str, Any] = {"timeout_min": int(timeout_min), "slurm_signal_delay_s": 90, "nodes": 1}
+    for key, value in cluster.items():
+        if value or key == "timeout_min":
+            params[PROFILE_TO_SUBMITIT[key]] = dict(value) if isinstance(value, dict) else value
+    params["timeout_min"] = int(params["timeout_min"])
+    return params
+
+
 def make_executor(kind: str, folder: Path, cluster: dict, timeout_min: float):
     if kind == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": int(cluster.get("timeout_min", timeout_min)),
-                                  "slurm_signal_delay_s": int(cluster.get("signal_delay_s", 90)), "nodes": 1}
-        if cluster.get("partition"):
-            params["slurm_partition"] = cluster["partition"]
-        if cluster.get("gpus_per_node"):
-            params["gpus_per_node"] = int(cluster["gpus_per_node"])
-        if cluster.get("cpus_per_task"):
-            params["cpus_per_task"] = int(cluster["cpus_per_task"])
-        if cluster.get("mem_gb"):
-            params["mem_gb"] = cluster["mem_gb"]
-        if cluster.get("array_parallelism"):
-            params["slurm_array_parallelism"] = int(cluster["array_parallelism"])
-        if cluster.get("additional_parameters"):
-            params["slurm_additional_parameters"] = dict(cluster["additional_parameters"])
-        ex.update_parameters(**params)
+        ex.update_parameters(**cluster_parameters(cluster, timeout_min))
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster="local")
     ex.update_parameters(timeout_min=int(timeout_min))

@@ -25,28 +25,11 @@ LOCAL_PROFILE = ROOT / "slurm" / "profiles" / "local.yaml"
 GPU_PROFILE = ROOT / "slurm" / "profiles" / "gpu-example.yaml"
 MLFLOW_SCRIPT = ROOT / "slurm" / "mlflow-server.sh"
 
-# Cluster profile key -> submitit parameter.
-PROFILE_TO_SUBMITIT = {
-    "partition": "slurm_partition",
-    "gpus_per_node": "gpus_per_node",
-    "cpus_per_task": "cpus_per_task",
-    "mem_gb": "mem_gb",
-    "timeout_min": "timeout_min",
-    "array_parallelism": "slurm_array_parallelism",
-    "additional_parameters": "slurm_additional_parameters",
-    "signal_delay_s": "slurm_signal_delay_s",
-}
-
-
 def profile_parameters(path: Path) -> dict:
-    """Reads a cluster profile and returns submitit `update_parameters` keyword arguments."""
-    profile = yaml.safe_load(path.read_text())
-    unknown = sorted(set(profile) - set(PROFILE_TO_SUBMITIT))
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {sorted(PROFILE_TO_SUBMITIT)}")
-    params = {PROFILE_TO_SUBMITIT[k]: v for k, v in profile.items()}
-    params["slurm_additional_parameters"] = dict(params.get("slurm_additional_parameters") or {})
-    return params
+    """The submitit parameters the runner derives from a cluster profile."""
+    from bench.run import cluster_parameters, load_cluster
+
+    return cluster_parameters(load_cluster(str(path)), timeout_min=60)
 
 
 # ---- SLURM ---------------------------------------------------------------------------------------------------
@@ -109,15 +92,16 @@ def test_profiles_map_onto_submitit_parameters(tmp_path):
     local = profile_parameters(LOCAL_PROFILE)
     assert local == {
         "slurm_partition": "debug",
-        "gpus_per_node": 0,
         "cpus_per_task": 1,
         "mem_gb": 2,
-        "timeout_min": 30,
+        "timeout_min": 30,  # the profile's, not the fallback
         "slurm_array_parallelism": 2,
-        "slurm_additional_parameters": {},
+        "slurm_signal_delay_s": 90,
+        "nodes": 1,
     }
     gpu = profile_parameters(GPU_PROFILE)
     assert gpu["gpus_per_node"] >= 1 and gpu["slurm_additional_parameters"] == {"requeue": True}
+    assert gpu["slurm_signal_delay_s"] == 120 and gpu["timeout_min"] == 1440
     if shutil.which("srun"):  # submitit's SLURM executor accepts every parameter (it needs srun to exist)
         submitit.AutoExecutor(folder=tmp_path, cluster="slurm").update_parameters(**gpu)
     from bench.run import load_cluster  # the runner reads both profiles (it rejects unknown keys)
