@@ -40,11 +40,11 @@ def test_two_job_grid_through_slurm(slurm_up, store, tmp_path):
     assert all(k.data.tags["executor"] == "slurm" and k.data.tags["slurm_job_id"] for k in kids)
 
 
-@pytest.mark.slurm
-def test_requeued_job_resumes_its_checkpoint_and_its_run(slurm_up, store, tmp_path):
-    p = _grid_file(tmp_path, ["wddm-unet-l1"], "requeue", **{"train.max_steps": 60, "train.log_every": 1,
-                                                             "train.checkpoint_every": 5})
-    grid = run.load_grid(str(p))
+def _preempt_once(store, grid_path, experiment: str, loss: str, after_steps: int, steps: int):
+    """Run a one-job grid on the local cluster, send its job SIGUSR2 (what SLURM sends before a time-out) once
+    ``after_steps`` steps are logged, wait for the grid; check one FINISHED run with steps 1..``steps`` each
+    logged once, resumed from a checkpoint. Returns that run."""
+    grid = run.load_grid(str(grid_path))
     configs = run.validate(grid)
     out = {}
     th = threading.Thread(target=lambda: out.update(res=run.run_grid(
@@ -55,44 +55,8 @@ def test_requeued_job_resumes_its_checkpoint_and_its_run(slurm_up, store, tmp_pa
     deadline = time.monotonic() + 120
     run_id = None
     while time.monotonic() < deadline:  # wait until training is under way (a few steps logged)
-        kids = _children(store, "requeue") if client.get_experiment_by_name("requeue") else []
-        if kids and len(client.get_metric_history(kids[0].info.run_id, "loss")) >= 8:
-            run_id = kids[0].info.run_id
-            break
-        time.sleep(0.5)
-    assert run_id, "training did not start on the cluster"
-    job_id = client.get_run(run_id).data.tags["slurm_job_id"].split("_")[0]
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before a time-out
-    th.join(timeout=240)
-    assert not th.is_alive()
-    results, _ = out["res"]
-    assert [r["status"] for r in results] == ["FINISHED"]
-    kids = _children(store, "requeue")
-    assert len(kids) == 1 and kids[0].info.run_id == run_id and kids[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
-    assert steps == list(range(1, 61))  # continuous: nothing lost, nothing logged twice
-    assert int(kids[0].data.tags["resumed_from_step"]) >= 8
-
-
-@pytest.mark.slurm
-def test_two_process_job_on_slurm_requeues_and_resumes_both_ranks(slurm_up, store, tmp_path):
-    """A DDP job (2 tasks, gloo) preempted with USR2: both ranks stop at the same step, rank 0 requeues, the
-    job resumes from the checkpoint, one FINISHED run with every step logged once."""
-    p = _grid_file(tmp_path, ["wavediff"], "ddp-requeue", processes=2, **{
-        "train.batch_size": 8, "train.max_steps": 24, "train.log_every": 1, "train.checkpoint_every": 5})
-    grid = run.load_grid(str(p))
-    configs = run.validate(grid)
-    out = {}
-    th = threading.Thread(target=lambda: out.update(res=run.run_grid(
-        grid, configs, executor="slurm", max_parallel=1, cluster=run.load_cluster(str(ROOT / "slurm/profiles/local.yaml")),
-        poll_s=0.5)))
-    th.start()
-    client = MlflowClient(store)
-    deadline = time.monotonic() + 120
-    run_id = None
-    while time.monotonic() < deadline:
-        kids = _children(store, "ddp-requeue") if client.get_experiment_by_name("ddp-requeue") else []
-        if kids and len(client.get_metric_history(kids[0].info.run_id, "loss_g")) >= 6:
+        kids = _children(store, experiment) if client.get_experiment_by_name(experiment) else []
+        if kids and len(client.get_metric_history(kids[0].info.run_id, loss)) >= after_steps:
             run_id = kids[0].info.run_id
             break
         time.sleep(0.5)
@@ -103,11 +67,29 @@ def test_two_process_job_on_slurm_requeues_and_resumes_both_ranks(slurm_up, stor
     assert not th.is_alive()
     results, _ = out["res"]
     assert [r["status"] for r in results] == ["FINISHED"], results
-    kids = _children(store, "ddp-requeue")
+    kids = _children(store, experiment)
     assert len(kids) == 1 and kids[0].info.run_id == run_id and kids[0].info.status == "FINISHED"
-    assert kids[0].data.tags["processes"] == "2"
-    assert [m.step for m in client.get_metric_history(run_id, "loss_g")] == list(range(1, 25))
-    assert int(kids[0].data.tags["resumed_from_step"]) >= 6
+    # continuous: nothing lost, nothing logged twice
+    assert [m.step for m in client.get_metric_history(run_id, loss)] == list(range(1, steps + 1))
+    assert int(kids[0].data.tags["resumed_from_step"]) >= after_steps
+    return kids[0]
+
+
+@pytest.mark.slurm
+def test_requeued_job_resumes_its_checkpoint_and_its_run(slurm_up, store, tmp_path):
+    p = _grid_file(tmp_path, ["wddm-unet-l1"], "requeue", **{"train.max_steps": 60, "train.log_every": 1,
+                                                             "train.checkpoint_every": 5})
+    _preempt_once(store, p, "requeue", "loss", after_steps=8, steps=60)
+
+
+@pytest.mark.slurm
+def test_two_process_job_on_slurm_requeues_and_resumes_both_ranks(slurm_up, store, tmp_path):
+    """A DDP job (2 tasks, gloo) preempted with USR2: both ranks stop at the same step, rank 0 requeues, the
+    job resumes from the checkpoint, one FINISHED run with every step logged once."""
+    p = _grid_file(tmp_path, ["wavediff"], "ddp-requeue", processes=2, **{
+        "train.batch_size": 8, "train.max_steps": 24, "train.log_every": 1, "train.checkpoint_every": 5})
+    r = _preempt_once(store, p, "ddp-requeue", "loss_g", after_steps=6, steps=24)
+    assert r.data.tags["processes"] == "2"
 
 
 def _free_port() -> int:
