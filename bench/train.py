@@ -316,7 +316,8 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
     bar.close()
     save()
     tracker.flush()
-    ips = session_steps * t.batch_size / session_time  # global batch: images of all ranks if session_time > 0 else float("nan")
+    # images of all ranks (the global batch) per second of this session's training
+    ips = session_steps * t.batch_size / session_time if session_time > 0 else float("nan")
     return TrainResult(step=step, epoch=step / stream.steps_per_epoch, wall_clock_s=elapsed, images_per_s=ips,
                        resumed_from=resumed_from, interrupted=interrupted, history=history)
 

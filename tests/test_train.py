@@ -89,3 +89,11 @@ def test_minutes_budget_and_stop_request(tmp_path):
                    stream=stream, tracker=NullTracker(), workdir=tmp_path / "b", device=torch.device("cpu"),
                    should_stop=lambda: len(calls) >= 4, progress=False)
     assert res.interrupted and res.step == 4 and Checkpointer(tmp_path / "b").load_latest()["step"] == 4
+
+
+def test_resuming_a_finished_checkpoint_trains_nothing_and_says_so(tmp_path):
+    """ddim-N jobs reuse ddpm's checkpoint, already at its budget: no step, no throughput, no error."""
+    cfg = registry.resolve(micro("wavediff", **{"train.max_steps": 2}))
+    _train(cfg, tmp_path)
+    _, again = _train(cfg, tmp_path)
+    assert (again.step, again.resumed_from) == (2, 2) and math.isnan(again.images_per_s)
