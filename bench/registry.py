@@ -248,7 +248,8 @@ for _kind in ("unet", "ukan"):
     for _lvl in (1, 2):
         _register(Variant(f"wddm-{_kind}-l{_lvl}", "diffusion", _WDDM,
                           f"DDPM on level-{_lvl} Haar coefficients / {2**_lvl}, {_kind.upper()} denoiser",
-                          f"WDDM {_kind.upper()} L{_lvl}", _diffusion_configure(_kind, _lvl), _diffusion_build))
+                          f"WDDM {dict(unet='UNet', ukan='UKAN')[_kind]} L{_lvl}", _diffusion_configure(_kind, _lvl),
+                          _diffusion_build))
 
 # ============================================================================================== DVDP
 # PAPERS.md section 4 (no public code; construction in docs/dvdp.md). The denoiser is the pixel DDPM UNet.

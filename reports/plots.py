@@ -89,7 +89,8 @@ def _plain_log_ticks(axis, values) -> None:
     values = np.asarray(values, float)
     few = np.log10(values.max() / values.min()) <= 2 if values.min() > 0 else False
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if few and f"{v:g}"[0] in "25" else ""))
+    # The leading digit of 0.02 is 2: read it from the scientific form ("2e-02").
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if few and f"{v:.0e}"[0] in "25" else ""))
 
 
 def _groups(agg: pd.DataFrame) -> list[tuple[query.Protocol, pd.DataFrame]]:
@@ -203,8 +204,10 @@ def plot_ddim_steps(agg: pd.DataFrame, path: Path, published: dict | None = None
                 if label not in [h.get_label() for h in handles]:
                     handles.append(Line2D([], [], linestyle=style, color="grey", label=label))
         else:
-            ax.text(0.02, 0.02, "published curves (CIFAR-10, Inception) not drawn:\nother data set / backbone",
-                    transform=ax.transAxes, fontsize=7, color="grey", va="bottom")
+            # A text-only legend: "best" keeps the note off the data points.
+            note = "published curves (CIFAR-10, Inception) not drawn:\nother data set / backbone"
+            ax.legend(handles=[Line2D([], [], linestyle="none", label=note)], loc="best", fontsize=7,
+                      handlelength=0, handletextpad=0, frameon=False, labelcolor="grey")
         ax.set_xscale("log")
         ticks = sorted(set(g["steps"]) | {10, 20, 50, 100, 1000})
         ax.set_xticks(ticks)

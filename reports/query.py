@@ -80,19 +80,22 @@ _BASE_COLUMNS = ["run_id", "run_name", "start_time", "status", "variant", "datas
 
 def load_runs(experiment: str = "wavebench", *, datasets: list[str] | None = None,
               variants: list[str] | None = None, filter_string: str | None = None,
-              uri: str | None = None) -> pd.DataFrame:
+              run_ids: list[str] | None = None, uri: str | None = None) -> pd.DataFrame:
     """Every FINISHED run with a variant tag in ``experiment`` (optionally restricted), one row each.
 
-    ``filter_string`` is an MLflow search filter ANDed with the status filter (e.g. ``tags.grid = 'ablation'``).
+    ``filter_string`` is an MLflow search filter ANDed with the status filter (e.g. ``tags.grid = 'ablation'``);
+    ``run_ids`` keeps only those runs (an empty list keeps none).
     """
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     cols = _BASE_COLUMNS + list(METRICS)
-    if exp is None:
+    if exp is None or (run_ids is not None and not run_ids):
         return pd.DataFrame(columns=cols)
     clauses = ["attributes.status = 'FINISHED'"]
     if filter_string:
         clauses.append(filter_string)
+    if run_ids:
+        clauses.append("attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")")
     if datasets and len(datasets) == 1:
         clauses.append(f"tags.dataset = '{datasets[0]}'")
     records, token = [], None

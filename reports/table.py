@@ -1,14 +1,16 @@
 """Paper-style comparison tables: this suite's measured runs (MLflow) beside the published numbers.
 
     python -m reports.table --dataset cifar10 [--table NAME|all] [--format md|latex|html|csv]
-                            [--experiment NAME] [--out DIR] [--filter "tags.grid = 'cifar10'"] [--log]
+                            [--experiment NAME] [--out DIR] [--filter "tags.grid = 'cifar10'"] [--measured-only]
+                            [--log]
 
 Tables (``reports/published.yaml``): cifar10, stl10, celebahq256, celebahq512, celebahq1024, lsun_church,
 ablation, wddm, dvdp, ddim. Published values sit in columns labelled "(published)", counts from the public code
 in "(reference)", this suite's values in "(measured)"; they are never mixed. Measured runs are split into one
 section per protocol (data set, scale, metric backbone, sample count, timing device, timing batch), each with
 its protocol written under it; speed-ups are computed within a section only. The latest FINISHED run per
-variant and seed is used; several seeds give mean +- standard deviation and their count.
+variant and seed is used; several seeds give mean +- standard deviation and their count. ``--measured-only``
+keeps only the measured rows and columns (what ``make demo`` prints).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from reports import query
 from reports.query import PRESET_OF, Protocol
 
 __all__ = ["PUBLISHED_YAML", "OUT_DIR", "FORMATS", "Measure", "MEASURES", "Section", "Report", "load_published",
-           "table_names", "build_report", "render", "write_report", "main"]
+           "table_names", "table_for_dataset", "build_report", "render", "write_report", "main"]
 
 PUBLISHED_YAML = Path(__file__).with_name("published.yaml")
 OUT_DIR = REPO_ROOT / "reports" / "out"
@@ -117,6 +119,12 @@ def table_names(published: dict | None = None) -> list[str]:
     return list((published or load_published())["tables"])
 
 
+def table_for_dataset(dataset: str | None, published: dict | None = None) -> str:
+    """The main table a data set's runs belong to: digits -> cifar10, cifar10 -> cifar10; else cifar10."""
+    names = table_names(published)
+    return TABLE_FOR_DATASET.get(dataset or "", dataset if dataset in names else "cifar10")
+
+
 @dataclass
 class Section:
     heading: str                   # "Measured under: <protocol>" or the empty-store heading
@@ -135,6 +143,7 @@ class Report:
     notes: list[str]
     experiment: str
     datasets: list[str] | None
+    measured_only: bool = False    # only measured rows and columns (no published or reference values)
 
 
 @dataclass
@@ -256,17 +265,36 @@ def _baseline_name(spec: dict) -> str:
     return str(spec.get("baseline"))
 
 
+def _measured_speedup(row: _Row, a: pd.Series | None, base_agg: pd.Series | None, baseline: str, base_name: str,
+                      key: str, higher_is_better: bool) -> tuple[str, float]:
+    """(text, ratio) of a row's measured ``MEASURES[key]`` against the baseline variant's, in the same protocol;
+    ratio > 1 means better than the baseline."""
+    if row.status != "ok":
+        return row.status, np.nan
+    if base_agg is None:
+        return f"no {baseline} run", np.nan
+    if row.variant == baseline:
+        return "baseline", 1.0
+    ours, base = _measured(a, MEASURES[key])[0], _measured(base_agg, MEASURES[key])[0]
+    ratio = ours / base if higher_is_better else base / ours
+    return _ratio_text(ratio, base_name), ratio
+
+
 def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protocol: Protocol | None,
-             experiment: str, n_runs: int) -> Section:
+             experiment: str, n_runs: int, measured_only: bool = False) -> Section:
     rows = _assign_rows(spec, agg)
     present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
     plan = _column_plan(spec)
+    base_pub = next((_published_value(r, "time_s") for r in rows if r.spec and spec.get("baseline") in r.expected),
+                    np.nan)
+    if measured_only:
+        rows = [r for r in rows if r.status == "ok"]
+        plan = [(kind, key) for kind, key in plan if kind in ("measured", "speedup_measured", "train_speedup")]
     info = list(spec.get("info") or [])
     config_cols = dict(spec.get("config_columns") or {})
     baseline = spec.get("baseline")
     base_name = _baseline_name(spec)
     base_agg = present.get(baseline)
-    base_pub = next((_published_value(r, "time_s") for r in rows if r.spec and baseline in r.expected), np.nan)
     dataset = protocol.dataset if protocol else (spec.get("published_dataset") or (spec.get("datasets") or ["?"])[0])
 
     text_rows, data_rows = [], []
@@ -305,31 +333,11 @@ def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protoco
                 is_base = row.spec is not None and baseline in row.expected
                 t[col] = "baseline" if is_base and np.isfinite(v) else _ratio_text(ratio, base_name)
                 d["speedup_published"] = ratio
-            elif kind == "speedup_measured":
-                ratio = np.nan
-                if row.status != "ok":
-                    t[col] = row.status
-                elif base_agg is None:
-                    t[col] = f"no {baseline} run"
-                elif row.variant == baseline:
-                    t[col], ratio = "baseline", 1.0
-                else:
-                    ratio = _measured(base_agg, MEASURES["time_s"])[0] / _measured(a, MEASURES["time_s"])[0]
-                    t[col] = _ratio_text(ratio, base_name)
-                d["speedup_measured"] = ratio
-            elif kind == "train_speedup":
-                ratio = np.nan
-                if row.status != "ok":
-                    t[col] = row.status
-                elif base_agg is None:
-                    t[col] = f"no {baseline} run"
-                elif row.variant == baseline:
-                    t[col], ratio = "baseline", 1.0
-                else:
-                    ips = MEASURES["train_ips"]
-                    ratio = _measured(a, ips)[0] / _measured(base_agg, ips)[0]
-                    t[col] = _ratio_text(ratio, base_name)
-                d["train_speedup"] = ratio
+            elif kind in ("speedup_measured", "train_speedup"):
+                # Sampling: lower time is better; training: higher throughput is better.
+                metric, higher = ("time_s", False) if kind == "speedup_measured" else ("train_ips", True)
+                t[col], ratio = _measured_speedup(row, a, base_agg, baseline, base_name, metric, higher)
+                d[kind] = ratio
         for label, key in config_cols.items():
             t[label] = _config_text(a, key)
             d[f"config:{key}"] = t[label]
@@ -340,8 +348,9 @@ def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protoco
         text_rows.append(t)
         data_rows.append(d)
 
-    frame, data = pd.DataFrame(text_rows), pd.DataFrame(data_rows)
-    lines = _footer(spec, agg, protocol, experiment, n_runs, rows)
+    frame = pd.DataFrame(text_rows) if text_rows else pd.DataFrame(columns=["Model", "Variant", "Runs"])
+    data = pd.DataFrame(data_rows) if data_rows else pd.DataFrame(columns=["table", "model", "variant", "status"])
+    lines = _footer(spec, agg, protocol, experiment, n_runs, rows, measured_only)
     heading = f"Measured under: {protocol.label()}" if protocol else "Measured: no FINISHED runs yet"
     return Section(heading, protocol, frame, data, lines)
 
@@ -351,7 +360,7 @@ def _fill_command(spec: dict, dataset: str | None) -> str:
 
 
 def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, experiment: str, n_runs: int,
-            rows: list[_Row]) -> list[str]:
+            rows: list[_Row], measured_only: bool = False) -> list[str]:
     lines = []
     if protocol is None:
         return lines
@@ -363,7 +372,13 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, exp
     lines.append(f"Runs: {n_runs} FINISHED run{'' if n_runs == 1 else 's'} in experiment '{experiment}', the latest "
                  "per variant and seed; '±' is the standard deviation over seeds (Runs = number of seeds).")
     published_preset = spec.get("published_dataset")
-    if published_preset and PRESET_OF.get(protocol.dataset, protocol.dataset) != published_preset:
+    if measured_only:
+        if published_preset and protocol.dataset != published_preset:
+            lines.append(f"Measured on {protocol.dataset}"
+                         + (f" with the {published_preset} paper configurations" if
+                            PRESET_OF.get(protocol.dataset, protocol.dataset) == published_preset else "")
+                         + f"; the published numbers ({published_preset}) are not in this table.")
+    elif published_preset and PRESET_OF.get(protocol.dataset, protocol.dataset) != published_preset:
         lines.append(f"Not the published data set: published numbers are on {published_preset}, measured ones on "
                      f"{protocol.dataset}; compare orderings and ratios, not absolute values.")
     elif published_preset and protocol.dataset != published_preset:
@@ -371,7 +386,7 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, exp
                      "published numbers are on the real data set: compare orderings and ratios, not absolute values.")
     if protocol.scale != "paper":
         lines.append(f"Scale {protocol.scale}: CPU-sized networks; parameter counts and GFLOPs differ from the paper "
-                     "configurations (reference columns).")
+                     "configurations" + ("." if measured_only else " (reference columns)."))
     missing = [v for r in rows if r.status == MISSING for v in r.expected[:1]]
     if missing:
         lines.append(f"Missing measured rows ({', '.join(missing)}): fill them with "
@@ -380,14 +395,20 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, exp
 
 
 def build_report(name: str, experiment: str = "wavebench", datasets: list[str] | None = None,
-                 filter_string: str | None = None, uri: str | None = None, published: dict | None = None) -> Report:
-    """One table: the published rows, and one measured section per protocol found in ``experiment``."""
+                 filter_string: str | None = None, uri: str | None = None, published: dict | None = None,
+                 run_ids: list[str] | None = None, measured_only: bool = False) -> Report:
+    """One table: the published rows, and one measured section per protocol found in ``experiment``.
+
+    ``run_ids`` restricts the runs considered (e.g. those of one grid submission); ``measured_only`` keeps only
+    the rows with a measured run and the measured columns (no published or reference values).
+    """
     pub = published or load_published()
     if name not in pub["tables"]:
         raise SystemExit(f"unknown table {name!r}; valid: {', '.join(pub['tables'])}")
     spec = pub["tables"][name]
     scope = datasets if datasets else spec.get("datasets")
-    runs = query.select_latest(query.load_runs(experiment, datasets=scope, filter_string=filter_string, uri=uri))
+    runs = query.select_latest(query.load_runs(experiment, datasets=scope, filter_string=filter_string,
+                                               run_ids=run_ids, uri=uri))
     agg = query.aggregate(runs)
 
     # One section per protocol that measured a paper row of this table (or, for tables that list every
@@ -399,16 +420,27 @@ def build_report(name: str, experiment: str = "wavebench", datasets: list[str] |
         if any(r.spec is not None for r in shown) or (shown and spec.get("extra") == "all"):
             in_proto = runs["protocol"].map(lambda p: p.key() == proto.key())
             n = int((in_proto & runs["variant"].isin([r.variant for r in shown])).sum())
-            sections.append(_section(name, spec, pub, g, proto, experiment, n))
+            sections.append(_section(name, spec, pub, g, proto, experiment, n, measured_only))
     if not sections:
-        empty = _section(name, spec, pub, None, None, experiment, 0)
+        empty = _section(name, spec, pub, None, None, experiment, 0, measured_only)
         where = f"data sets {', '.join(scope)}" if scope else "any data set"
         fills = [f"`{spec.get('fill', '')}`"] + [f"`{c}` ({d})" for d, c in (spec.get("fill_by_dataset") or {}).items()
                                                 if not scope or d in scope]
-        empty.lines = [f"No FINISHED runs for this table in experiment '{experiment}' ({where}): measured cells are "
-                       f"'{MISSING}'.", f"Fill the measured columns with: {' or '.join(fills)}"]
+        empty.lines = [f"No FINISHED runs for this table in experiment '{experiment}' ({where})"
+                       + ("." if measured_only else f": measured cells are '{MISSING}'."),
+                       f"Fill the measured columns with: {' or '.join(fills)}"]
         sections = [empty]
 
+    if measured_only:
+        header = [f"Measured values only: every number below comes from FINISHED MLflow runs of this suite in "
+                  f"experiment '{experiment}'; the published numbers of this table: "
+                  f"`python -m reports.table --table {name}`."]
+        notes = [f"Cells: '{NOT_LOGGED}' = the run did not log this metric."]
+        if spec.get("baseline"):
+            notes.append(f"Speed-ups are measured against {_baseline_name(spec)} ({spec['baseline']}) within a "
+                         "protocol.")
+        return Report(name, f"{spec['title']}: measured runs only", header, sections, notes, experiment, datasets,
+                      measured_only=True)
     header = _published_header(spec, pub)
     notes = list(spec.get("notes") or [])
     notes += [f"{r['model']}: {r['note']}" for r in spec["rows"] if r.get("note")]
@@ -512,7 +544,8 @@ def write_report(rep: Report, fmt: str = "md", out_dir: str | Path = OUT_DIR) ->
     """Writes the Markdown rendering and, if different, ``fmt``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"table-{rep.name}" + (f"-{'-'.join(rep.datasets)}" if rep.datasets else "")
+    stem = (f"table-{rep.name}" + (f"-{'-'.join(rep.datasets)}" if rep.datasets else "")
+            + ("-measured" if rep.measured_only else ""))
     paths = []
     for f in dict.fromkeys(["md", fmt]):
         p = out / f"{stem}.{FORMATS[f]}"
@@ -533,16 +566,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", default="wavebench", help="MLflow experiment")
     ap.add_argument("--out", default=str(OUT_DIR), help="directory the tables are written to")
     ap.add_argument("--filter", default=None, help="extra MLflow filter, e.g. \"tags.grid = 'cifar10'\"")
+    ap.add_argument("--measured-only", action="store_true",
+                    help="only the measured rows and columns (no published or reference values)")
     ap.add_argument("--log", action="store_true", help="also log the files to the experiment's 'report' run")
     args = ap.parse_args(argv)
 
-    name = args.table or TABLE_FOR_DATASET.get(args.dataset, args.dataset if args.dataset in pub["tables"]
-                                               else "cifar10")
+    name = args.table or table_for_dataset(args.dataset, pub)
     names = table_names(pub) if name == "all" else [name]
     datasets = [args.dataset] if args.dataset else None
     written = []
     for n in names:
-        rep = build_report(n, args.experiment, datasets, args.filter, published=pub)
+        rep = build_report(n, args.experiment, datasets, args.filter, published=pub, measured_only=args.measured_only)
         print(render(rep, args.format))
         written += write_report(rep, args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

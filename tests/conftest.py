@@ -19,15 +19,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _use_store(mp: pytest.MonkeyPatch, root: Path) -> str:
+    """Point the suite (and the subprocesses the runner starts) at a fresh SQLite MLflow store, artifact root
+    and run directory under ``root``, through the env vars it reads; returns the tracking URI."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("WAVEBENCH_ARTIFACT_ROOT", str(root / "artifacts"))
+    mp.setenv("WAVEBENCH_RUNS", str(root / "runs"))
+    return uri
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    """A fresh SQLite MLflow store, artifact root and run directory under tmp_path (set through the env vars
-    the suite reads, so subprocesses started by the runner see them too)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("WAVEBENCH_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    monkeypatch.setenv("WAVEBENCH_RUNS", str(tmp_path / "runs"))
-    return uri
+    """A fresh MLflow store and run directory for one test."""
+    return _use_store(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory):
+    """Like ``store``, shared by the tests of one module (runs trained once and read by several tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _use_store(mp, tmp_path_factory.mktemp("store"))
 
 
 GAN_MICRO = {"model.generator.nf": 16, "model.generator.ch_mult": [1, 2], "model.generator.n_mlp": 1,

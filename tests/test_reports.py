@@ -221,6 +221,33 @@ def test_ablation_wddm_dvdp_ddim_tables(store):
     assert cell(s, "S = 10", "Sampling speed-up (measured)") == "100x faster than DDPM (1000 steps)"
 
 
+def test_measured_only_table_keeps_measured_rows_and_columns(store, tmp_path, capsys):
+    full = section(table.build_report("cifar10", EXP, datasets=["digits"]), "digits")
+    rep = table.build_report("cifar10", EXP, datasets=["digits"], measured_only=True)
+    sec = section(rep, "digits")
+    assert rep.title.endswith("measured runs only") and "--table cifar10" in rep.header[0]
+    assert not any("(published)" in c or "(reference)" in c for c in sec.frame.columns)
+    # Only rows with a run (paper order first), with the same measured cells as the full table.
+    assert sec.frame["Model"].tolist()[:3] == ["WaveDiff", "DDGAN", "DDPM"]
+    assert "NCSN" not in set(sec.frame["Model"]) and "missing" not in sec.frame.to_numpy()
+    for model in sec.frame["Model"]:
+        for col in sec.frame.columns:
+            assert cell(sec, model, col) == cell(full, model, col), (model, col)
+    md = table.render(rep, "md")
+    assert "4.01" not in md and "Published:" not in md and "reference columns" not in md
+    assert "Measured on digits with the cifar10 paper configurations" in md
+    # Restricted to chosen runs: one seed of wavediff only; no run ids at all gives the empty table.
+    one = section(table.build_report("cifar10", EXP, datasets=["digits"], run_ids=[store["runs"]["wavediff0"]],
+                                     measured_only=True), "digits")
+    assert one.frame["Model"].tolist() == ["WaveDiff"]
+    assert cell(one, "WaveDiff", "FID (measured)") == "20.00" and cell(one, "WaveDiff", "Runs") == "1"
+    none = table.build_report("cifar10", EXP, run_ids=[], measured_only=True)
+    assert none.sections[0].protocol is None and none.sections[0].frame.empty
+    assert "No FINISHED runs" in table.render(none, "md")
+    assert table.main(["--dataset", "digits", "--experiment", EXP, "--measured-only", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == md.strip()
+    assert (tmp_path / "table-cifar10-digits-measured.md").read_text() == md
+
 def test_pareto_front():
     x = np.array([1.0, 2.0, 3.0, 0.5, 2.5])
     y = np.array([5.0, 3.0, 4.0, 9.0, 1.0])
