@@ -52,8 +52,8 @@ from bench.tracking import REPO_ROOT, NullTracker, Tracker, flatten, git_commit
 from bench.train import BatchStream, train_diffusion, train_gan
 from models.wavelet import haar_dwt, haar_idwt
 
-__all__ = ["PerfConfig", "quick_config", "run_benchmark", "render", "interleaved", "summarize", "paired_ratio",
-           "load_pytorch_wavelets", "main", "SECTIONS"]
+__all__ = ["PerfConfig", "quick_config", "run_benchmark", "render", "rounds", "interleaved", "wall_time", "summarize",
+           "paired_ratio", "versus", "load_pytorch_wavelets", "main", "SECTIONS"]
 
 SECTIONS = ("haar", "sampling", "training", "overhead")
 HAAR_SHAPES = ((256, 3, 32, 32), (16, 3, 256, 256))
@@ -148,17 +148,35 @@ def calibrate(fn: Callable[[], object], device: torch.device, min_time_s: float,
     return number
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 1,
-                number: dict[str, int] | None = None) -> dict[str, list[float]]:
-    """Seconds per call of every arm, in rounds A B C A B C ...; the first ``warmup`` rounds are not kept."""
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
-        for r in range(warmup + rounds):
-            for k, fn in fns.items():
-                t = time_call(fn, device, (number or {}).get(k, 1))
-                if r >= warmup:
-                    out[k].append(t)
+def rounds(arms: dict[str, Callable[[], float]], n: int, warmup: int = 0) -> dict[str, list[float]]:
+    """The one measurement loop: ``warmup + n`` rounds A B C A B C ..., each arm returning its own measurement
+    (seconds); the first ``warmup`` rounds are run but not kept."""
+    out: dict[str, list[float]] = {k: [] for k in arms}
+    for r in range(warmup + n):
+        for k, arm in arms.items():
+            value = arm()
+            if r >= warmup:
+                out[k].append(value)
     return out
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds_: int, warmup: int = 1,
+                number: dict[str, int] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of every arm (``number[arm]`` calls per measurement, device-synchronised, no autograd),
+    in interleaved rounds; the first ``warmup`` rounds are not kept."""
+    number = number or {}
+    timed = {k: (lambda f, m: lambda: time_call(f, device, m))(fn, number.get(k, 1)) for k, fn in fns.items()}
+    with torch.no_grad():
+        return rounds(timed, rounds_, warmup)
+
+
+def wall_time(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of one call of ``fn`` between two device synchronisations (host work included)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
 def summarize(xs: list[float]) -> dict:
@@ -169,6 +187,11 @@ def paired_ratio(num: list[float], den: list[float]) -> dict:
     """num / den per round (both measured in the same round), summarised; ``of_minima`` = min(num) / min(den),
     the estimate least sensitive to load from other processes (which only ever adds time)."""
     return {**summarize([a / b for a, b in zip(num, den)]), "of_minima": min(num) / min(den)}
+
+
+def versus(times: dict[str, list[float]], base: str) -> dict[str, tuple[dict, dict]]:
+    """Per arm: (summary of its seconds, per-round speedup of ``base`` over it: base time / arm time)."""
+    return {k: (summarize(v), paired_ratio(times[base], v)) for k, v in times.items()}
 
 
 # ============================================================================================== 1. Haar
@@ -278,12 +301,10 @@ def bench_sampling(pc: PerfConfig, device: torch.device) -> dict:
         info[name] = {"gflops_per_sample": flops / 1e9, "nfe": system.nfe, "state": list(system.state_shape(1)[1:]),
                       "params_generator": sum(p.numel() for p in system.G.parameters())}
     _say(f"sampling: {', '.join(GAN_GROUP)} (whole sampler, batch {B}, {pc.warmup} + {pc.sampler_repeats} rounds)")
-    times = interleaved(fns, device, pc.sampler_repeats, pc.warmup)
     base = GAN_GROUP[0]
-    for name in GAN_GROUP:
-        s = summarize(times[name])
+    for name, (s, speedup) in versus(interleaved(fns, device, pc.sampler_repeats, pc.warmup), base).items():
         info[name].update(seconds=s, gflops_per_s=info[name]["gflops_per_sample"] * B / s["median"],
-                          speedup_vs_baseline=paired_ratio(times[base], times[name]))
+                          speedup_vs_baseline=speedup)
     out["gan"] = {"baseline": base, "variants": info, "rounds": pc.sampler_repeats}
     del fns
 
@@ -314,11 +335,9 @@ def bench_sampling(pc: PerfConfig, device: torch.device) -> dict:
     _say(f"sampling: one denoiser call of {', '.join(fns)} (batch {B}, {pc.warmup} + {pc.repeats} rounds)")
     times = interleaved(fns, device, pc.repeats, pc.warmup)
     base = STEP_GROUP[0]
-    for name in STEP_GROUP:
-        s = summarize(times[name])
+    for name, (s, speedup) in versus({n: times[n] for n in STEP_GROUP}, base).items():
         info[name].update(seconds=s, gflops_per_s=info[name]["gflops_per_call_per_sample"] * B / s["median"],
-                          speedup_vs_baseline=paired_ratio(times[base], times[name]),
-                          projected_sampler_s=info[name]["nfe"] * s["median"])
+                          speedup_vs_baseline=speedup, projected_sampler_s=info[name]["nfe"] * s["median"])
     out["step"] = {"baseline": base, "variants": info}
 
     # (c) DVDP vs DDPM per sample: sum over resolutions of (calls at that resolution) x (seconds per call) / B.
@@ -424,18 +443,14 @@ def bench_training(pc: PerfConfig, device: torch.device) -> dict:
         images = _train_images(cfgs[group[0]], B, pc.train_warmup + pc.train_steps, pc.seed)
         _say(f"training: {', '.join(group)} (batch {B}, {pc.repeats} rounds of {pc.train_warmup} + "
              f"{pc.train_steps} steps)")
-        per_step: dict[str, list[float]] = {n: [] for n in group}
-        for _ in range(pc.repeats):
-            for name in group:
-                dts = _train_round(cfgs[name], systems[name], images, device, pc.train_warmup, pc.train_steps,
-                                   NullTracker(), pc.seed)
-                per_step[name].append(statistics.fmean(dts))
+        arms = {name: (lambda n: lambda: statistics.fmean(_train_round(
+            cfgs[n], systems[n], images, device, pc.train_warmup, pc.train_steps, NullTracker(), pc.seed)))(name)
+            for name in group}
+        per_step = rounds(arms, pc.repeats)  # mean seconds per timed step, per arm and round
         base = group[0]
-        info = {}
-        for name in group:
-            ips = [B / t for t in per_step[name]]
-            info[name] = {"images_per_s": summarize(ips), "s_per_step": summarize(per_step[name]),
-                          "speedup_vs_baseline": paired_ratio(per_step[base], per_step[name])}
+        info = {name: {"images_per_s": summarize([B / t for t in per_step[name]]), "s_per_step": s,
+                       "speedup_vs_baseline": speedup}
+                for name, (s, speedup) in versus(per_step, base).items()}
         out["groups"].append({"baseline": base, "variants": info})
         del systems
     return out
@@ -455,7 +470,6 @@ def bench_overhead(pc: PerfConfig, device: torch.device) -> dict:
     system = _build(cfg, pc, device)
     data = load_dataset(cfg.data, "train")
     images = reference_uint8(data)
-    per_step: dict[str, list[float]] = {"null": [], "mlflow": []}
     with tempfile.TemporaryDirectory() as d:
         uri = f"sqlite:///{Path(d) / 'mlflow.db'}"
         client = MlflowClient(uri)
@@ -463,20 +477,25 @@ def bench_overhead(pc: PerfConfig, device: torch.device) -> dict:
         _say(f"overhead: {OVERHEAD_VARIANT} tiny step, batch {pc.overhead_batch}, MLflow every step vs none "
              f"({pc.repeats} rounds of {pc.overhead_warmup} + {pc.overhead_steps} steps)")
         logged, flush_every, inside = 0, None, []
-        for _ in range(pc.repeats):
-            for arm in ("null", "mlflow"):
-                tracker = _TimedTracker(Tracker.start("perf-overhead", uri=uri)) if arm == "mlflow" else NullTracker()
-                window: dict = {}
-                dts = _train_round(cfg, system, images, device, pc.overhead_warmup, pc.overhead_steps, tracker,
-                                   pc.seed, window)
-                tracker.end()
-                per_step[arm].append(statistics.fmean(dts))
-                if arm == "mlflow":
-                    logged = len(client.get_metric_history(tracker.run_id, "loss_g"))
-                    flush_every = tracker.flush_every
-                    # Direct: time inside the tracker per step, relative to the rest of the same steps.
-                    log_s = window["tracker_s"] / pc.overhead_steps
-                    inside.append((log_s, 100.0 * log_s / (per_step[arm][-1] - log_s)))
+
+        def step_s(tracker, window: dict | None = None) -> float:
+            dts = _train_round(cfg, system, images, device, pc.overhead_warmup, pc.overhead_steps, tracker,
+                               pc.seed, window)
+            tracker.end()
+            return statistics.fmean(dts)
+
+        def mlflow_arm() -> float:
+            nonlocal logged, flush_every
+            tracker, window = _TimedTracker(Tracker.start("perf-overhead", uri=uri)), {}
+            s = step_s(tracker, window)
+            logged = len(client.get_metric_history(tracker.run_id, "loss_g"))
+            flush_every = tracker.flush_every
+            # Direct: time inside the tracker per step, relative to the rest of the same steps.
+            log_s = window["tracker_s"] / pc.overhead_steps
+            inside.append((log_s, 100.0 * log_s / (s - log_s)))
+            return s
+
+        per_step = rounds({"null": lambda: step_s(NullTracker()), "mlflow": mlflow_arm}, pc.repeats)
     out["logging"] = {
         "variant": OVERHEAD_VARIANT, "scale": "tiny", "dataset": "digits", "batch": pc.overhead_batch,
         "rounds": pc.repeats, "warmup_steps": pc.overhead_warmup, "timed_steps": pc.overhead_steps,
@@ -496,14 +515,9 @@ def bench_overhead(pc: PerfConfig, device: torch.device) -> dict:
     mcfg = MetricsConfig(num_samples=n)
     warm = 1  # the first call builds the cached reference features
     _say(f"overhead: compute_metrics on {n} digit samples ({warm} + {pc.repeats} calls)")
-    times = []
-    for r in range(warm + pc.repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        compute_metrics(gen, ref, dataset="digits", cfg=mcfg, device=str(device))
-        synchronize(device)
-        if r >= warm:
-            times.append(time.perf_counter() - t0)
+    times = rounds({"metrics": lambda: wall_time(
+        lambda: compute_metrics(gen, ref, dataset="digits", cfg=mcfg, device=str(device)), device)},
+        pc.repeats, warm)["metrics"]
     out["metrics"] = {"samples": n, "reference": len(ref), "rounds": pc.repeats, "warmup": warm,
                       "s_per_call": summarize(times), "s_per_1000": summarize([t * 1000 / n for t in times]),
                       "scaled": n != 1000, "kid_subsets": mcfg.kid_subsets}

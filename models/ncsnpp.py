@@ -12,7 +12,9 @@ WaveDiff are independent switches of this one class (all off = the plain generat
 Layer structure, widths and initialisation follow the public DDGAN / WaveDiff generators (same parameter
 counts). Differences that change no parameter: the time embedding's SiLU is applied once per call instead of
 in every block; attention uses ``scaled_dot_product_attention`` with fused q/k/v; patching uses
-``pixel_unshuffle`` / ``pixel_shuffle`` channel order; FIR resampling uses strided depthwise convolutions.
+``pixel_unshuffle`` / ``pixel_shuffle`` channel order; FIR resampling uses strided depthwise convolutions;
+the adaptive GroupNorm is one fused ``group_norm`` call and residual sums are written in place
+(:mod:`models.layers`).
 """
 from __future__ import annotations
 
@@ -180,8 +182,9 @@ class NCSNppGenerator(nn.Module):
                 else:
                     h = level.downsample(h, temb, zemb)
                 if hasattr(level, "pyramid"):
-                    pyramid = level.pyramid(pyramid)
-                    pyramid = (pyramid + h) / math.sqrt(2.0) if cfg.skip_rescale else pyramid + h
+                    pyramid = level.pyramid(pyramid).add_(h)  # a fresh convolution output: summed in place
+                    if cfg.skip_rescale:
+                        pyramid = pyramid.div_(math.sqrt(2.0))
                     h = pyramid
                 hs.append(h)
 

@@ -64,3 +64,63 @@ def test_autograd_and_adjointness():
     assert torch.autograd.gradcheck(lambda t: haar_dwt(t, 2), (x,))
     y = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(haar_idwt, (y,))
+
+
+def reference_dwt(x: torch.Tensor) -> torch.Tensor:
+    """The textbook formula on the four pixels of each 2x2 block, for comparison."""
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    return torch.cat([(a + b + c + d) / 2, (a + b - c - d) / 2, (a - b + c - d) / 2, (a - b - c + d) / 2], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_matches_the_block_formula_for_any_layout(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, 12, dtype=torch.float64)
+    ref = reference_dwt(x)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 5e-2}[dtype]
+    xd = x.to(dtype)
+    layouts = (xd, xd.contiguous(memory_format=torch.channels_last), xd.transpose(2, 3).contiguous().transpose(2, 3))
+    for inp in layouts:  # contiguous, channels-last, W-major storage
+        y = haar_dwt(inp)
+        assert y.dtype == dtype and y.is_contiguous()
+        torch.testing.assert_close(y.double(), ref, atol=tol, rtol=0)
+        torch.testing.assert_close(haar_idwt(y).double(), x, atol=4 * tol, rtol=0)
+
+
+def test_scaled_pair_is_exactly_the_scaled_transform():
+    """The papers' 1/2^J is folded into the transform: powers of two, so bitwise the same numbers."""
+    x = torch.randn(2, 3, 16, 16)
+    for levels in (1, 2):
+        y = wavelet_encode(x, levels)
+        assert torch.equal(y, haar_dwt(x, levels) / 2**levels)
+        assert torch.equal(wavelet_decode(y, levels), haar_idwt(y * 2**levels, levels))
+
+
+def test_double_backward_and_scaled_gradients():
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: haar_dwt(t, 2), (x,))
+    assert torch.autograd.gradgradcheck(haar_idwt, (y,))
+    assert torch.autograd.gradcheck(lambda t: wavelet_encode(t, 2), (x,))
+    assert torch.autograd.gradcheck(lambda t: wavelet_decode(t, 1), (y,))
+
+
+def test_outputs_can_be_modified_in_place_under_autograd():
+    """Callers scale transform outputs in place (models.layers): the outputs are fresh tensors, not views."""
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = haar_idwt(haar_dwt(x).mul_(2.0)).mul_(0.5)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(g, torch.ones_like(x))
+
+
+def test_no_flops_and_meta_device():
+    """Sums and differences only: the FLOP counter (convolutions and matrix products) sees nothing, so model
+    FLOP counts do not depend on how the transform is written; shapes work on the meta device."""
+    from bench.evaluate import count_flops
+
+    x = torch.randn(2, 3, 16, 16)
+    assert count_flops(lambda v: haar_idwt(haar_dwt(v, 2), 2), x) == 0
+    with torch.device("meta"):
+        assert haar_dwt(torch.empty(2, 3, 16, 16), 2).shape == (2, 48, 4, 4)
+        assert wavelet_decode(torch.empty(2, 12, 8, 8)).shape == (2, 3, 16, 16)

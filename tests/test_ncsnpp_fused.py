@@ -1,0 +1,136 @@
+"""The generator's faster formulations compute what the plain ones do.
+
+models.layers writes the adaptive GroupNorm as one ``group_norm`` over (1, B*C) channels with the per-sample
+gamma / beta as its affine, adds residuals and the time bias in place into fresh convolution outputs, and runs
+SiLU in place when autograd is off. Each test below compares against the plain formulation written out here
+(normalise, then ``gamma * x + beta``; out-of-place sums), in float64 where rounding would hide a real
+difference, and checks that no input is modified.
+"""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.layers import (_INV_SQRT2, AdaptiveGroupNorm, AttnBlock, FrequencyBottleneck, ResBlock,
+                           WaveletResBlock, silu)
+from models.ncsnpp import NCSNppConfig, NCSNppGenerator
+
+W_GEN = dict(wavelet_residual=True, wavelet_updown=True, wavelet_bottleneck=True)
+
+
+def plain_adagn(norm: AdaptiveGroupNorm, x: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+    gamma, beta = norm.style(zemb)[:, :, None, None].chunk(2, dim=1)
+    return gamma * F.group_norm(x, norm.groups, eps=1e-6) + beta
+
+
+def plain_resblock(block: ResBlock, x, temb, zemb):
+    h = F.silu(plain_adagn(block.norm0, x, zemb))
+    if block.resample != "none":
+        h, x = block.fir(h), block.fir(x)
+    h = block.conv0(h)
+    if block.skip is not None:
+        x = block.skip(x)
+    h = h + block.temb_proj(temb)[:, :, None, None]
+    h = block.conv1(F.silu(plain_adagn(block.norm1, h, zemb)))
+    return (x + h) * _INV_SQRT2
+
+
+def randomised(module: nn.Module, std: float = 0.2) -> nn.Module:
+    """Generic weights (zero-initialised layers would hide differences)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, std)
+    return module
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 8, 8), (2, 12, 4, 6)])
+def test_fused_adaptive_group_norm_equals_normalise_then_scale_shift(shape):
+    torch.manual_seed(0)
+    norm = randomised(AdaptiveGroupNorm(shape[1], 10)).double()
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    zemb = torch.randn(shape[0], 10, dtype=torch.float64, requires_grad=True)
+    out, ref = norm(x, zemb), plain_adagn(norm, x, zemb)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, zemb, norm.style.weight), g)
+    grads_ref = torch.autograd.grad(ref, (x, zemb, norm.style.weight), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    # float32: the two roundings agree to a few ulps.
+    norm32 = norm.float()
+    with torch.no_grad():
+        torch.testing.assert_close(norm32(x.float(), zemb.float()), plain_adagn(norm32, x.float(), zemb.float()),
+                                   atol=2e-5, rtol=1e-5)
+
+
+def test_silu_is_in_place_only_without_autograd():
+    h = torch.randn(4, 3)
+    with torch.no_grad():
+        assert silu(h) is h
+    a = torch.randn(4, 3, requires_grad=True) * 1.0
+    out = silu(a)
+    assert out is not a
+    out.sum().backward()  # would fail if SiLU had overwritten its input
+
+
+@pytest.mark.parametrize("resample", ["none", "down", "up"])
+def test_resblock_equals_plain_formulation_and_leaves_inputs_alone(resample):
+    torch.manual_seed(0)
+    block = randomised(ResBlock(8, 12 if resample == "none" else 8, temb_dim=16, zemb_dim=10, resample=resample))
+    block = block.double()
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+    temb, zemb = torch.randn(2, 16, dtype=torch.float64), torch.randn(2, 10, dtype=torch.float64)
+    saved = [x.clone(), temb.clone(), zemb.clone()]
+    ref = plain_resblock(block, x, temb, zemb)
+    with torch.no_grad():  # in-place SiLU path
+        torch.testing.assert_close(block(x, temb, zemb), ref.detach(), atol=1e-12, rtol=1e-12)
+    xg = x.clone().requires_grad_()
+    out = block(xg, temb, zemb)  # autograd path
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    gx, gw = torch.autograd.grad(out.square().sum(), (xg, block.conv0.weight))
+    xr = x.clone().requires_grad_()
+    rx, rw = torch.autograd.grad(plain_resblock(block, xr, temb, zemb).square().sum(), (xr, block.conv0.weight))
+    torch.testing.assert_close(gx, rx, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(gw, rw, atol=1e-10, rtol=1e-10)
+    for a, b in zip((x, temb, zemb), saved):
+        assert torch.equal(a, b)
+
+
+def test_attention_and_wavelet_blocks_leave_inputs_alone():
+    torch.manual_seed(0)
+    temb, zemb = torch.randn(2, 16), torch.randn(2, 10)
+    attn = randomised(AttnBlock(8))
+    down = randomised(WaveletResBlock(8, 8, temb_dim=16, zemb_dim=10, resample="down"))
+    up = randomised(WaveletResBlock(8, 8, temb_dim=16, zemb_dim=10, resample="up", detail_ch=8))
+    mid = randomised(FrequencyBottleneck(8, temb_dim=16, zemb_dim=10, dropout=0.0, skip_rescale=True,
+                                         fir_kernel=(1, 3, 3, 1)))
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        for run in (lambda v: attn(v), lambda v: down(v, temb, zemb), lambda v: mid(v, temb, zemb)):
+            v = x.clone()
+            run(v)
+            assert torch.equal(v, x)
+        low, details = down(x, temb, zemb)
+        kept, low_in = details.clone(), low.clone()
+        up(low, temb, zemb, details)
+        assert torch.equal(details, kept) and torch.equal(low, low_in)
+
+
+@pytest.mark.parametrize("wgen", [False, True])
+def test_generator_same_output_with_and_without_autograd(wgen):
+    """The in-place (no autograd) and out-of-place (autograd) paths give bitwise the same prediction, and the
+    inputs are untouched."""
+    torch.manual_seed(0)
+    cfg = NCSNppConfig(4, 4, 16, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), nz=8,
+                       z_emb_dim=16, n_mlp=2, **(W_GEN if wgen else {}))
+    net = randomised(NCSNppGenerator(cfg), 0.1).eval()
+    x, t, z = torch.randn(2, 4, 16, 16), torch.tensor([0, 3]), torch.randn(2, 8)
+    saved = x.clone(), z.clone()
+    with torch.no_grad():
+        fast = net(x, t, z)
+    slow = net(x, t, z)
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
+    assert torch.equal(x, saved[0]) and torch.equal(z, saved[1])
+    with torch.inference_mode():
+        assert torch.equal(net(x, t, z), fast)
