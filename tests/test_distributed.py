@@ -157,3 +157,23 @@ def test_runner_runs_a_two_process_job_as_two_local_tasks(store, tmp_path):
     ckpt = torch.load(sorted((Path(os.environ["WAVEBENCH_RUNS"]) / registry.train_hash(configs[0]))
                              .glob("ckpt-*.pt"))[-1], weights_only=True)
     assert len(ckpt["rng_ranks"]) == 2
+
+
+def _trainable_variants() -> list[str]:
+    return sorted({v.trains_as or v.name for v in registry.VARIANTS.values()})
+
+
+@pytest.mark.parametrize("variant", _trainable_variants())
+def test_every_parameter_gets_a_gradient_so_ddp_can_wrap_every_variant(variant, tmp_path, one_thread):
+    """DDP (find_unused_parameters off) needs a gradient for every parameter at every step: one training step
+    of each variant at the paper's configuration (batch 2), then every trained network's parameters hold one."""
+    from bench.job import TRAINERS
+    from bench.tracking import NullTracker
+
+    cfg = registry.resolve({"variant": variant, "dataset": "digits", "scale": "paper", "device": "cpu",
+                            "train.max_steps": 1, "train.batch_size": 2})
+    system, stream, device = setup_training(cfg)
+    TRAINERS[system.family](cfg, system, stream, NullTracker(), tmp_path, device, progress=False)
+    for name, net in system.networks.items():
+        missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, f"{variant}: {name} parameters without a gradient: {missing[:5]}"
