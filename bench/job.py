@@ -190,7 +190,7 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
                 p.unlink()
             run_file.unlink(missing_ok=True)
         (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    tracker = _open_run(cfg, experiment, parent_run_id, tags, run_file) if dist.is_main else NullTracker()
+    tracker = _open_run(cfg, jh, th, experiment, parent_run_id, tags, run_file) if dist.is_main else NullTracker()
     dist.barrier()  # the other ranks start once rank 0 has cleared old checkpoints (--force)
 
     try:
@@ -231,11 +231,11 @@ def setup_training(cfg: RunConfig, dist: DistContext = SINGLE) -> tuple[object, 
     return system, stream, device
 
 
-def _open_run(cfg: RunConfig, experiment: str, parent_run_id: str | None, tags: dict | None,
+def _open_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: str | None, tags: dict | None,
               run_file: Path) -> Tracker:
-    """Continue this job's MLflow run if an earlier attempt left one unfinished, else start one."""
+    """Continue this job's MLflow run (job hash ``jh``, training hash ``th``) if an earlier attempt left one
+    unfinished, else start one."""
     variant = registry.VARIANTS[cfg.variant]
-    jh, th = registry.job_hash(cfg), registry.train_hash(cfg)
     tracker = None
     if run_file.exists():
         rec = json.loads(run_file.read_text())

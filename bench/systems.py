@@ -36,14 +36,24 @@ def space_shape(channels: int, resolution: int, wavelet_levels: int) -> tuple[in
     return channels * 4**wavelet_levels, resolution // 2**wavelet_levels
 
 
-class _Space:
+class _System:
+    """What every system shares: its diffusion space and moving its stateful modules."""
+
     wavelet_levels: int
+
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return wavelet_encode(x, self.wavelet_levels) if self.wavelet_levels else x
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
         return wavelet_decode(y, self.wavelet_levels) if self.wavelet_levels else y
+
+    def to(self, device: torch.device):
+        for m in self.modules().values():
+            m.to(device)
+        return self
 
 
 @dataclass
@@ -54,7 +64,7 @@ class GANModelConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
 
-class GANSystem(_Space):
+class GANSystem(_System):
     """DDGAN / WaveDiff: x0-predicting generator G(x_{t+1}, t, z), discriminator D, EMA copy of G."""
 
     family = "gan"
@@ -85,11 +95,6 @@ class GANSystem(_Space):
         """Everything with state (checkpointed)."""
         return {"G": self.G, "D": self.D, "G_ema": self.G_ema}
 
-    def to(self, device: torch.device) -> "GANSystem":
-        for m in self.modules().values():
-            m.to(device)
-        return self
-
     def state_shape(self, n: int) -> tuple[int, ...]:
         g = self.cfg.generator
         return (n, g.in_channels, g.image_size, g.image_size)
@@ -108,7 +113,7 @@ class DiffusionModelConfig:
     ema: bool = False                # keep an EMA copy of the denoiser (decay: train.ema_decay)
 
 
-class DiffusionSystem(_Space):
+class DiffusionSystem(_System):
     """DDPM / WDDM: an epsilon- (or x0-) predicting denoiser, sampled with DDPM or DDIM."""
 
     family = "diffusion"
@@ -140,11 +145,6 @@ class DiffusionSystem(_Space):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"denoiser": self.denoiser, **({"ema": self.ema} if self.ema is not None else {})}
-
-    def to(self, device: torch.device) -> "DiffusionSystem":
-        for m in self.modules().values():
-            m.to(device)
-        return self
 
     def state_shape(self, n: int) -> tuple[int, ...]:
         d = self.cfg.denoiser

@@ -2,6 +2,7 @@
 job overrides."""
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (servers and process groups of the tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _use_store(mp: pytest.MonkeyPatch, root: Path) -> str:

@@ -2,7 +2,6 @@
 worker script), and by the runner as 2 submitit tasks of one job."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,21 +17,15 @@ from bench.data import InMemoryImages
 from bench.distributed import process_group
 from bench.job import setup_training
 from bench.train import BatchStream
-from conftest import micro
+from conftest import free_port, micro
 
 TESTS = Path(__file__).parent
 WORKER = TESTS / "ddp_worker.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(*args) -> None:
     """Both ranks of the worker, as torchrun would start them; fails with the ranks' output."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),

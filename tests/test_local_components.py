@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import cloudpickle
 import pytest
 import submitit
 import yaml
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PROFILE = ROOT / "slurm" / "profiles" / "local.yaml"
@@ -170,12 +171,6 @@ def test_interrupted_checkpointable_job_checkpoints_requeues_and_finishes(slurm_
 # ---- MLflow server ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _log_run(uri: str, experiment_id: str, worker: int, n_metrics: int) -> str:
     import mlflow
 
@@ -190,7 +185,7 @@ def _log_run(uri: str, experiment_id: str, worker: int, n_metrics: int) -> str:
 def test_mlflow_server_script_takes_runs_from_concurrent_processes(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     options = ["--port", str(port), "--run-dir", str(tmp_path / "server"), "--workers", "1",
                "--backend", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts", str(tmp_path / "artifacts")]  # fmt: skip
 

@@ -1,6 +1,5 @@
 """The runner against real components: the one-node SLURM cluster (requeue included) and a real MLflow server."""
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -11,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import run
-from conftest import micro
+from conftest import free_port, micro
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,14 +91,8 @@ def test_two_process_job_on_slurm_requeues_and_resumes_both_ranks(slurm_up, stor
     assert r.data.tags["processes"] == "2"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_four_concurrent_jobs_log_to_a_real_mlflow_server(tmp_path, monkeypatch):
-    port = _free_port()
+    port = free_port()
     script = ROOT / "slurm" / "mlflow-server.sh"
     env = {**os.environ, "WAVEBENCH_PYTHON": str(ROOT / ".venv/bin/python")}
     args = ["--port", str(port), "--run-dir", str(tmp_path / "server")]
