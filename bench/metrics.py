@@ -1,19 +1,39 @@
-"""Quality metrics (FID, KID, precision, recall), computed by torch-fidelity's own code.
+"""Quality metrics, computed by torch-fidelity's own code in the feature space of a named backbone.
 
-Backbones: on ``digits`` a small CNN digit classifier that the suite trains once (seeded) and caches, registered
-with torch-fidelity as the feature extractor ``wavebench-digits`` (FID, KID and precision/recall all use its
-128-d penultimate layer); on real data sets ``inception-v3-compat`` (FID/KID, 2048-d pool3) and ``vgg16``
-(precision/recall, ``fc2_relu``), from local weight files when configured, else downloaded.
+Metric sets (``eval.metrics.sets``; one job may ask for several, each adds its own keys to the result):
+
+``paper`` (the default): the protocol of the papers' tables. On ``digits`` a small CNN digit classifier that the
+    suite trains once (seeded) and caches, registered with torch-fidelity as the feature extractor
+    ``wavebench-digits`` (FID, KID and precision/recall all use its 128-d penultimate layer); on real data sets
+    ``inception-v3-compat`` (FID/KID, 2048-d pool3) and ``vgg16`` (precision/recall, ``fc2_relu``). Keys: fid,
+    kid_mean, kid_std, precision, recall (k = ``prc_neighborhood``), backbone_fid, backbone_prc, prc_k,
+    kid_subset_size, kid_subsets.
+``dinov2``: the protocol dgm-eval (Stein et al., NeurIPS 2023) recommends: Frechet distance in DINOv2 features
+    (FD-DINOv2; ViT-L/14 by default, ``dinov2_model``), and precision, recall, density and coverage (Naeem et al.,
+    ICML 2020) in the same features with k = ``dinov2_neighborhood`` (5, as there). Every data set, digits too
+    (grey replicated to RGB), goes through torch-fidelity's DINOv2 preprocessing (bilinear resize to 224 px,
+    ImageNet normalisation) and the CLS token after the final LayerNorm. The ViT is built here (:class:`DinoV2ViT`,
+    the hub model's architecture and state_dict keys) from a local weights file, because torch-fidelity loads
+    DINOv2 only through torch.hub. Keys: fd_dinov2, precision_dinov2, recall_dinov2, density_dinov2,
+    coverage_dinov2, backbone_dinov2, dinov2_k.
+Both: implementation, num_generated, num_reference.
+
+Weights (Inception-v3, VGG16, DINOv2) are found in this order: the configured path (``eval.metrics.*_weights``),
+torch hub's cache (``torch.hub.get_dir()/checkpoints``), a download; else a :class:`MetricsError` names the file
+and the key. :func:`metrics_prerequisites` runs that resolution before any training, without computing features.
 
 Reference-side features and FID statistics are cached by torch-fidelity under ``<cache>/fidelity`` with a cache
-name that holds the data set name, a content hash of the reference images, resolution, count and backbone.
-The metrics themselves are pure functions of features (:func:`frechet_distance` is the independent check).
+name that holds the data set name, a content hash of the reference images, resolution, count and backbone (with
+its weights' fingerprint). The metrics themselves are pure functions of features (:func:`frechet_distance` and
+:func:`density_coverage`).
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +44,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_fidelity
 from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.helpers import text_to_dtype
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
 
 __all__ = [
-    "MetricsConfig", "MetricsError", "BACKBONES", "DIGITS_EXTRACTOR", "DigitClassifier", "DigitsFeatureExtractor",
-    "compute_metrics", "frechet_distance", "feature_statistics", "extract_features", "digits_classifier",
-    "digits_classifier_path", "default_cache_dir", "resolve_backbone", "reference_images", "check_metrics_config",
+    "MetricsConfig", "MetricsError", "METRIC_SETS", "SCORE_KEYS", "BACKBONES", "DIGITS_EXTRACTOR", "DigitClassifier",
+    "DigitsFeatureExtractor", "DinoV2Arch", "DINOV2_MODELS", "DinoV2ViT", "DinoV2FeatureExtractor",
+    "register_dinov2_model", "load_dinov2", "dinov2_weights_file", "inception_weights_file", "vgg16_weights_file",
+    "metrics_prerequisites", "compute_metrics", "frechet_distance", "feature_statistics", "density_coverage",
+    "extract_features", "extraction_seconds_per_1000", "digits_classifier", "digits_classifier_path",
+    "default_cache_dir", "resolve_backbone", "reference_images", "check_metrics_config",
 ]
 
+METRIC_SETS = ("paper", "dinov2")
+SCORE_KEYS = {  # per set, the keys of compute_metrics' result that are scores; every other key is protocol
+    "paper": ("fid", "kid_mean", "kid_std", "precision", "recall"),
+    "dinov2": ("fd_dinov2", "precision_dinov2", "recall_dinov2", "density_dinov2", "coverage_dinov2"),
+}
 BACKBONES = ("auto", "digits-classifier", "inception-vgg16")
 DIGITS_EXTRACTOR = "wavebench-digits"
 CLASSIFIER_VERSION = 1  # bump when the architecture, training or feature definition changes
@@ -52,12 +82,16 @@ class MetricsError(RuntimeError):
 @dataclass
 class MetricsConfig:
     num_samples: int = 1000             # generated samples per evaluation
-    backbone: str = "auto"              # auto | digits-classifier | inception-vgg16 (auto: digits-classifier on digits)
+    sets: tuple[str, ...] = ("paper",)  # metric sets: paper (FID/KID/PRC as the papers) | dinov2 (FD-DINOv2, PRDC)
+    backbone: str = "auto"              # paper set: auto | digits-classifier | inception-vgg16 (auto: digits on digits)
     inception_weights: str | None = None  # local torch-fidelity Inception-v3 weights (FID/KID); None = download
     vgg16_weights: str | None = None    # local torchvision VGG16 state_dict (precision/recall); None = download
     kid_subset_size: int = 1000         # KID subset size; lowered to the smaller set size when needed
     kid_subsets: int = 100              # KID subsets averaged (torch-fidelity's default)
     prc_neighborhood: int = 3           # k of the k-NN balls in precision/recall
+    dinov2_model: str = "dinov2-vit-l-14"  # dinov2 set: dinov2-vit-s-14 | -b-14 | -l-14 | -g-14 (torch-fidelity's)
+    dinov2_weights: str | None = None   # dinov2 set: the hub model's state_dict file, or a torch hub dir holding it
+    dinov2_neighborhood: int = 5        # dinov2 set: k of precision/recall/density/coverage (dgm-eval's nearest_k)
     batch_size: int = 200               # feature-extraction batch size
     reference_split: str = "train"      # data split the generated samples are compared against
 
@@ -65,6 +99,19 @@ class MetricsConfig:
 def check_metrics_config(cfg: MetricsConfig, check_files: bool = True) -> list[str]:
     """Problems with a metrics config, found without computing anything."""
     problems = []
+    sets = _sets(cfg)
+    if not sets:
+        problems.append(f"eval.metrics.sets is empty; choose at least one of: {', '.join(METRIC_SETS)}")
+    for name in sets:
+        if name not in METRIC_SETS:
+            problems.append(f"eval.metrics.sets: {name!r} is not a metric set; valid: {', '.join(METRIC_SETS)}")
+    if len(set(sets)) != len(sets):
+        problems.append(f"eval.metrics.sets={list(sets)} names a set twice")
+    if cfg.dinov2_model not in DINOV2_MODELS:
+        problems.append(f"eval.metrics.dinov2_model={cfg.dinov2_model!r} is not a DINOv2 model; valid: "
+                        f"{', '.join(DINOV2_MODELS)}")
+    if cfg.dinov2_neighborhood < 1:
+        problems.append(f"eval.metrics.dinov2_neighborhood={cfg.dinov2_neighborhood} must be >= 1")
     if cfg.backbone not in BACKBONES:
         problems.append(f"eval.metrics.backbone={cfg.backbone!r} is not a backbone; valid: {', '.join(BACKBONES)}")
     if cfg.num_samples < 2:
@@ -83,7 +130,13 @@ def check_metrics_config(cfg: MetricsConfig, check_files: bool = True) -> list[s
         path = getattr(cfg, key)
         if check_files and path is not None and not Path(path).expanduser().is_file():
             problems.append(f"eval.metrics.{key}={path} is not a file")
+    if check_files and cfg.dinov2_weights is not None and not Path(cfg.dinov2_weights).expanduser().exists():
+        problems.append(f"eval.metrics.dinov2_weights={cfg.dinov2_weights} is neither a file nor a directory")
     return problems
+
+
+def _sets(cfg: MetricsConfig) -> tuple[str, ...]:
+    return (cfg.sets,) if isinstance(cfg.sets, str) else tuple(cfg.sets)
 
 
 def default_cache_dir() -> Path:
@@ -284,42 +337,327 @@ if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
 
 
-# ------------------------------------------------------------------------------------ real-data weights
+# ------------------------------------------------------------------------------------ weights files
 
-def _weights_file(configured: str | None, url: str, key: str, what: str) -> str:
-    """A local weights file: the configured one, else torch hub's cached copy, else a fresh download."""
+@dataclass(frozen=True)
+class _Weights:
+    """One weights file a metric set needs: where it comes from and which config key points at it."""
+    key: str              # MetricsConfig field, reported as eval.metrics.<key>
+    what: str             # what the file is, for messages
+    filename: str         # its name in torch hub's cache (the download URL's last part)
+    url: str | None       # None: no known download (a locally registered model)
+    directory_ok: bool = False  # the key may also name a directory holding the file (a torch hub dir)
+
+
+def _hub_checkpoint(filename: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _locate_weights(w: _Weights, configured: str | None, allow_download: bool = True) -> tuple[str | None, str]:
+    """(path, "") when found: the configured file (or a torch hub dir holding it), else torch hub's cache, else a
+    fresh download (socket timeout ``DOWNLOAD_TIMEOUT_S``); (None, problem) otherwise. Computes nothing."""
+    key = f"eval.metrics.{w.key}"
+    source = f" (from {w.url})" if w.url else ""
     if configured is not None:
         path = Path(configured).expanduser()
-        if not path.is_file():
-            raise MetricsError(f"eval.metrics.{key}={configured} does not exist; provide the {what} weights file "
-                               f"({Path(url).name}, from {url}) there")
-        return str(path)
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if path.is_file():
-        return str(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a dead network must fail, not hang
-    try:
-        torch.hub.download_url_to_file(url, str(path), progress=False)
-    except Exception as e:
-        raise MetricsError(
-            f"could not download the {what} weights ({type(e).__name__}: {e}). Provide the file "
-            f"{Path(url).name} (from {url}) locally and set metrics.{key} to its path "
-            f"(or place it at {path})"
-        ) from e
-    finally:
-        socket.setdefaulttimeout(previous)
-    return str(path)
+        if path.is_file():
+            return str(path), ""
+        if path.is_dir() and w.directory_ok:
+            looked = [path / w.filename, path / "checkpoints" / w.filename, path / "hub" / "checkpoints" / w.filename]
+            for p in looked:
+                if p.is_file():
+                    return str(p), ""
+            return None, (f"{key}={configured} is a directory without the {w.what} weights file {w.filename}"
+                          f"{source} (looked for {', '.join(map(str, looked))}); provide it there or set {key} "
+                          "to the file's path")
+        return None, (f"{key}={configured} does not exist; provide the {w.what} weights file ({w.filename}{source}) "
+                      f"there or set {key} to its path")
+    cached = _hub_checkpoint(w.filename)
+    if cached.is_file():
+        return str(cached), ""
+    if w.url is None:
+        reason = "no download is known for it"
+    elif not allow_download:
+        reason = "downloads were not allowed"
+    else:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a dead network must fail, not hang
+        try:
+            torch.hub.download_url_to_file(w.url, str(cached), progress=False)
+            return str(cached), ""
+        except Exception as e:
+            reason = f"the download failed ({type(e).__name__}: {e})"
+        finally:
+            socket.setdefaulttimeout(previous)
+    return None, (f"the {w.what} weights file {w.filename}{source} is missing: {key} is not set, {cached} does not "
+                  f"exist and {reason}. Provide the file {w.filename} and set {key} to its path (or place it at "
+                  f"{cached})")
+
+
+def _weights_file(w: _Weights, configured: str | None) -> str:
+    path, problem = _locate_weights(w, configured)
+    if path is None:
+        raise MetricsError(problem)
+    return path
+
+
+INCEPTION = _Weights("inception_weights", "torch-fidelity Inception-v3 (FID/KID)", Path(URL_INCEPTION_V3).name,
+                     URL_INCEPTION_V3)
+VGG16 = _Weights("vgg16_weights", "torchvision VGG16 (precision/recall)", Path(URL_VGG16).name, URL_VGG16)
 
 
 def inception_weights_file(cfg: MetricsConfig) -> str:
-    return _weights_file(cfg.inception_weights, URL_INCEPTION_V3, "inception_weights",
-                         "torch-fidelity Inception-v3 (FID/KID)")
+    return _weights_file(INCEPTION, cfg.inception_weights)
 
 
 def vgg16_weights_file(cfg: MetricsConfig) -> str:
-    return _weights_file(cfg.vgg16_weights, URL_VGG16, "vgg16_weights", "torchvision VGG16 (precision/recall)")
+    return _weights_file(VGG16, cfg.vgg16_weights)
+
+
+def _file_fingerprint(path: str | Path) -> str:
+    """Size plus the first and last MiB, hashed: cheap on a 1 GB file, and tells weights files apart."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 1 << 20:
+            f.seek(max(1 << 20, size - (1 << 20)))
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------ DINOv2
+
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"  # the hub entry points' weights (facebookresearch/dinov2)
+DINOV2_EXTRACTOR_PREFIX = "wavebench-"                 # torch-fidelity name: wavebench-dinov2-vit-l-14
+
+
+@dataclass(frozen=True)
+class DinoV2Arch:
+    """A DINOv2 backbone as facebookresearch/dinov2's hub entry point builds it (``_make_dinov2_model``)."""
+    embed_dim: int
+    depth: int
+    num_heads: int
+    ffn: str = "mlp"            # mlp | swiglu (ViT-g: SwiGLU with hidden width 2/3 * 4 * dim rounded up to 8)
+    mlp_ratio: float = 4.0
+    patch_size: int = 14
+    img_size: int = 518         # the position-embedding grid the weights hold (37 x 37 patches), interpolated
+    hub_name: str | None = None  # hub entry point and weights file stem (dinov2_vitl14); None: local weights only
+
+    def __post_init__(self):
+        if self.ffn not in ("mlp", "swiglu") or self.embed_dim % self.num_heads or self.img_size % self.patch_size:
+            raise ValueError(f"not a DINOv2 architecture: {self}")
+
+    def weights(self, model: str) -> _Weights:
+        if self.hub_name is None:
+            return _Weights("dinov2_weights", f"DINOv2 {model}", f"{model}.pth", None, directory_ok=True)
+        return _Weights("dinov2_weights", f"DINOv2 {model}", f"{self.hub_name}_pretrain.pth",
+                        f"{DINOV2_URL}/{self.hub_name}/{self.hub_name}_pretrain.pth", directory_ok=True)
+
+
+DINOV2_MODELS: dict[str, DinoV2Arch] = {  # keys: torch-fidelity's names (feature_extractor_dinov2.MODEL_METADATA)
+    "dinov2-vit-s-14": DinoV2Arch(384, 12, 6, hub_name="dinov2_vits14"),
+    "dinov2-vit-b-14": DinoV2Arch(768, 12, 12, hub_name="dinov2_vitb14"),
+    "dinov2-vit-l-14": DinoV2Arch(1024, 24, 16, hub_name="dinov2_vitl14"),
+    "dinov2-vit-g-14": DinoV2Arch(1536, 40, 24, ffn="swiglu", hub_name="dinov2_vitg14"),
+}
+
+
+class _LayerScale(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        self.w12, self.w3 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class _Block(nn.Module):
+    def __init__(self, arch: DinoV2Arch):
+        super().__init__()
+        dim = arch.embed_dim
+        ffn = {"mlp": _Mlp, "swiglu": _SwiGLU}[arch.ffn]
+        self.norm1, self.attn, self.ls1 = nn.LayerNorm(dim, eps=1e-6), _Attention(dim, arch.num_heads), _LayerScale(dim)
+        self.norm2, self.mlp, self.ls2 = nn.LayerNorm(dim, eps=1e-6), ffn(dim, int(dim * arch.mlp_ratio)), \
+            _LayerScale(dim)
+
+    def forward(self, x):
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, arch: DinoV2Arch):
+        super().__init__()
+        self.proj = nn.Conv2d(3, arch.embed_dim, arch.patch_size, stride=arch.patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class DinoV2ViT(nn.Module):
+    """facebookresearch/dinov2's ``DinoVisionTransformer`` as its hub entry points build it (no registers, layer
+    scale, unchunked blocks), with the same state_dict keys, so the hub's ``*_pretrain.pth`` files load strictly.
+
+    ``forward(x)``: normalised float images (B, 3, H, W), H and W multiples of the patch size -> the CLS token after
+    the final LayerNorm (B, embed_dim), what the hub model returns and torch-fidelity's ``dinov2`` feature is.
+    """
+
+    def __init__(self, arch: DinoV2Arch):
+        super().__init__()
+        self.arch = arch
+        grid = arch.img_size // arch.patch_size
+        self.patch_embed = _PatchEmbed(arch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, arch.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, arch.embed_dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, arch.embed_dim))  # unused here; part of the hub's state_dict
+        self.blocks = nn.ModuleList(_Block(arch) for _ in range(arch.depth))
+        self.norm = nn.LayerNorm(arch.embed_dim, eps=1e-6)
+
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """The hub's ``interpolate_pos_encoding``: bicubic, scale factors with its 0.1 offset, no antialiasing."""
+        pos = self.pos_embed
+        n, dim = pos.shape[1] - 1, pos.shape[2]
+        h0, w0 = h // self.arch.patch_size, w // self.arch.patch_size
+        if h0 * w0 == n and h == w:
+            return pos
+        m = int(math.sqrt(n))
+        patch = F.interpolate(pos[:, 1:].float().reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic",
+                              antialias=False, scale_factor=((h0 + 0.1) / m, (w0 + 0.1) / m))
+        assert patch.shape[-2:] == (h0, w0), patch.shape
+        patch = patch.permute(0, 2, 3, 1).reshape(1, h0 * w0, dim)
+        return torch.cat((pos[:, :1].float(), patch), dim=1).to(pos.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x)
+        tokens = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), tokens), dim=1)
+        tokens = tokens + self._pos_embed(x.shape[-2], x.shape[-1])
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)[:, 0]
+
+
+def load_dinov2(model: str, weights: str | Path) -> DinoV2ViT:
+    """The DINOv2 ``model`` (a :data:`DINOV2_MODELS` name) in eval mode, from a state_dict file of the hub model."""
+    with torch.device("meta"):  # no random initialisation of 300M parameters only to overwrite them
+        net = DinoV2ViT(DINOV2_MODELS[model])
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}")
+        keys = net.load_state_dict(state, strict=False, assign=True)  # shape mismatches raise here
+        if keys.missing_keys or keys.unexpected_keys:
+            raise KeyError(f"{len(keys.missing_keys)} missing keys {keys.missing_keys[:3]}, "
+                           f"{len(keys.unexpected_keys)} unexpected keys {keys.unexpected_keys[:3]}")
+    except Exception as e:
+        raise MetricsError(f"{weights} is not a state_dict of the DINOv2 hub model {model} ({type(e).__name__}: "
+                           f"{str(e)[:400]}); set eval.metrics.dinov2_weights to that model's "
+                           f"{DINOV2_MODELS[model].weights(model).filename}") from e
+    return net.eval().requires_grad_(False)
+
+
+class DinoV2FeatureExtractor(FeatureExtractorDinoV2):
+    """torch-fidelity's DINOv2 extractor (its 224 px resize, normalisation and ``dinov2`` feature) over a
+    :class:`DinoV2ViT` built from ``feature_extractor_weights_path`` instead of torch.hub (which needs the network)."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None,
+                 feature_extractor_internal_dtype=None, **kwargs):
+        torch_fidelity.FeatureExtractorBase.__init__(self, name, features_list)
+        model = name[len(DINOV2_EXTRACTOR_PREFIX):]
+        if feature_extractor_weights_path is None:
+            raise MetricsError(f"feature extractor {name!r} needs feature_extractor_weights_path "
+                               "(see bench.metrics.dinov2_weights_file)")
+        if feature_extractor_internal_dtype not in (None, "float32", "float64"):
+            raise ValueError(f"feature_extractor_internal_dtype={feature_extractor_internal_dtype!r}")
+        self.feature_extractor_internal_dtype = text_to_dtype(feature_extractor_internal_dtype, "float32")
+        self.model = load_dinov2(model, feature_extractor_weights_path)
+        self.to(self.feature_extractor_internal_dtype)
+        self.requires_grad_(False)
+        self.eval()
+
+
+def register_dinov2_model(name: str, arch: DinoV2Arch) -> None:
+    """Make ``name`` a valid ``eval.metrics.dinov2_model`` and a torch-fidelity extractor (tests: tiny ViTs)."""
+    if DINOV2_MODELS.get(name, arch) != arch:
+        raise ValueError(f"DINOv2 model {name!r} is already registered with another architecture")
+    DINOV2_MODELS[name] = arch
+    if DINOV2_EXTRACTOR_PREFIX + name not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(DINOV2_EXTRACTOR_PREFIX + name, DinoV2FeatureExtractor)
+
+
+for _name in DINOV2_MODELS.copy():
+    register_dinov2_model(_name, DINOV2_MODELS[_name])
+
+
+def dinov2_weights_file(cfg: MetricsConfig) -> str:
+    """The state_dict file of ``cfg.dinov2_model``: eval.metrics.dinov2_weights (a file, or a torch hub dir holding
+    ``<hub_name>_pretrain.pth`` in it or its ``checkpoints/``), else torch hub's cache, else a download."""
+    if cfg.dinov2_model not in DINOV2_MODELS:
+        raise ValueError(f"eval.metrics.dinov2_model={cfg.dinov2_model!r}; valid: {', '.join(DINOV2_MODELS)}")
+    return _weights_file(DINOV2_MODELS[cfg.dinov2_model].weights(cfg.dinov2_model), cfg.dinov2_weights)
+
+
+def _needed_weights(cfg: MetricsConfig, dataset: str) -> list[tuple[_Weights, str | None]]:
+    """The weights files (and their configured paths) that the job's metric sets will load."""
+    out = []
+    sets = _sets(cfg)
+    if "paper" in sets and cfg.backbone in BACKBONES and resolve_backbone(cfg.backbone, dataset) == "inception-vgg16":
+        out += [(INCEPTION, cfg.inception_weights), (VGG16, cfg.vgg16_weights)]
+    if "dinov2" in sets and cfg.dinov2_model in DINOV2_MODELS:
+        out.append((DINOV2_MODELS[cfg.dinov2_model].weights(cfg.dinov2_model), cfg.dinov2_weights))
+    return out
+
+
+def metrics_prerequisites(cfg: MetricsConfig, dataset: str, *, allow_download: bool = True) -> list[str]:
+    """One problem per weights file that the job's metric sets need and that cannot be had, found before training.
+
+    ``paper`` on a real data set needs Inception-v3 and VGG16, ``dinov2`` the DINOv2 model's weights; the digits
+    classifier needs nothing (trained locally). Each is looked for as :func:`compute_metrics` will (configured path,
+    torch hub's cache, then a download with a socket timeout, unless ``allow_download`` is false); a found file is
+    not opened, and no features are computed. Invalid set or model names are :func:`check_metrics_config`'s to
+    report and are skipped here.
+    """
+    problems = []
+    for w, configured in _needed_weights(cfg, dataset):
+        path, problem = _locate_weights(w, configured, allow_download)
+        if path is None:
+            problems.append(problem)
+    return problems
 
 
 # ------------------------------------------------------------------------------------ features and metrics
@@ -363,9 +701,55 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
+def density_coverage(generated, reference, k: int = 5, *, device: str = "cpu",
+                     max_block: int = 1 << 24) -> tuple[float, float]:
+    """Density and coverage (Naeem et al., ICML 2020) of generated features against reference features.
+
+    With r_i the distance from reference sample x_i to its k-th nearest other reference sample:
+    density = 1/(k M) sum_j sum_i 1[|g_j - x_i| < r_i], coverage = 1/N sum_i 1[min_j |g_j - x_i| < r_i]
+    (strict, as the authors' prdc code; identical sets give 1 and 1). Distances are computed in blocks of reference
+    rows of at most ``max_block`` entries, the radii and the cross distances alike, so 10k x 10k stays small.
+    """
+    gen = torch.as_tensor(generated).to(device=device, dtype=torch.float32)
+    ref = torch.as_tensor(reference).to(device=device, dtype=torch.float32)
+    if gen.dim() != 2 or ref.dim() != 2 or gen.shape[1] != ref.shape[1]:
+        raise ValueError(f"expected (M, D) and (N, D) features, got {tuple(gen.shape)} and {tuple(ref.shape)}")
+    n, m = ref.shape[0], gen.shape[0]
+    if n < k + 1 or m < 1:
+        raise ValueError(f"need more than k={k} reference samples and one generated one; got N={n}, M={m}")
+    rows = max(1, max_block // max(n, m))
+    blocks = [slice(i, i + rows) for i in range(0, n, rows)]
+    radii = torch.cat([torch.cdist(ref[b], ref).kthvalue(k + 1, dim=1).values for b in blocks])  # self is 1st
+    inside, covered = 0, 0
+    for b in blocks:
+        hit = torch.cdist(ref[b], gen) < radii[b, None]  # same routine and block shapes as the radii
+        inside += int(hit.sum())
+        covered += int(hit.any(dim=1).sum())
+    return inside / (k * m), covered / n
+
+
 def _fidelity_kwargs(device: str, batch_size: int) -> dict:
     # save_cpu_ram: no DataLoader worker processes (the images are in memory) and chunked k-NN distances
     return {"cuda": str(device).startswith("cuda"), "batch_size": batch_size, "verbose": False, "save_cpu_ram": True}
+
+
+EXTRACTORS = ("digits-classifier", "inception", "vgg16", "dinov2")
+
+
+def _extractor(backbone: str, cfg: MetricsConfig, cache_dir: str | Path | None) -> tuple[str, str, str]:
+    """(torch-fidelity extractor name, weights file, default feature layer) of an :data:`EXTRACTORS` backbone."""
+    if backbone == "digits-classifier":
+        name, weights = DIGITS_EXTRACTOR, str(digits_classifier_path(cache_dir))
+    elif backbone == "inception":
+        name, weights = "inception-v3-compat", inception_weights_file(cfg)
+    elif backbone == "vgg16":
+        name, weights = "vgg16", vgg16_weights_file(cfg)
+    elif backbone == "dinov2":
+        name, weights = DINOV2_EXTRACTOR_PREFIX + cfg.dinov2_model, dinov2_weights_file(cfg)
+    else:
+        raise ValueError(f"backbone={backbone!r}; valid: {', '.join(EXTRACTORS)}")
+    layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("prc" if name == "vgg16" else "fid")
+    return name, weights, layer
 
 
 def extract_features(images: torch.Tensor, backbone: str = "digits-classifier", *, layer: str | None = None,
@@ -373,52 +757,53 @@ def extract_features(images: torch.Tensor, backbone: str = "digits-classifier", 
                      device: str = "cpu") -> torch.Tensor:
     """(N, D) float features of uint8 images through torch-fidelity's extraction path.
 
-    ``backbone``: digits-classifier | inception (FID/KID features) | vgg16 (precision/recall features).
+    ``backbone``: digits-classifier | inception (FID/KID features) | vgg16 (precision/recall features) | dinov2
+    (``cfg.dinov2_model``).
     """
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
     cfg = cfg or MetricsConfig()
-    if backbone == "digits-classifier":
-        name, weights = DIGITS_EXTRACTOR, str(digits_classifier_path(cache_dir))
-    elif backbone == "inception":
-        name, weights = "inception-v3-compat", inception_weights_file(cfg)
-    elif backbone == "vgg16":
-        name, weights = "vgg16", vgg16_weights_file(cfg)
-    else:
-        raise ValueError(f"backbone={backbone!r}; valid: digits-classifier, inception, vgg16")
+    name, weights, default_layer = _extractor(backbone, cfg, cache_dir)
+    layer = layer or default_layer
     kw = _fidelity_kwargs(device, cfg.batch_size)
-    layer = layer or FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid" if name != "vgg16"
-                                                                                             else "prc")
     fe = create_feature_extractor(name, [layer], feature_extractor_weights_path=weights, **kw)
     feats = get_featuresdict_from_dataset(_Uint8Images(images), fe, cfg.batch_size, kw["cuda"], True, False)
     return feats[layer]
 
 
-def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset: str, cfg: MetricsConfig,
-                    cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
-    """FID, KID (mean, std), precision and recall of ``generated`` against ``reference`` (uint8 N,C,H,W).
+def extraction_seconds_per_1000(backbone: str, images: torch.Tensor, cfg: MetricsConfig | None = None,
+                                device: str = "cpu", *, cache_dir: str | Path | None = None,
+                                repeats: int = 3) -> float:
+    """Median seconds per 1,000 images that feature extraction through ``backbone`` (an :data:`EXTRACTORS` name)
+    takes on ``device``: torch-fidelity's path as :func:`compute_metrics` runs it (resize, network, copy back), in
+    batches of ``cfg.batch_size``, after a warm-up batch; loading the weights is not timed. The caller logs the
+    device and thread count next to it."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-    Returns the float metrics and the protocol they were measured under (backbones, implementation, counts,
-    k, KID subset size). Reference features/statistics are cached; generated ones never are.
-    """
-    problems = check_metrics_config(cfg, check_files=False)  # missing weights: MetricsError below
-    if problems:
-        raise ValueError("; ".join(problems))
-    gen_ds, ref_ds = _Uint8Images(generated), _Uint8Images(reference)
-    n, m = len(gen_ds), len(ref_ds)
-    k = cfg.prc_neighborhood
-    if min(n, m) < max(2, k + 1):
-        raise ValueError(f"need at least {max(2, k + 1)} images per set (prc_neighborhood={k}); got "
-                         f"generated={n}, reference={m}")
+    cfg = cfg or MetricsConfig()
+    name, weights, layer = _extractor(backbone, cfg, cache_dir)
+    kw = _fidelity_kwargs(device, cfg.batch_size)
+    fe = create_feature_extractor(name, [layer], feature_extractor_weights_path=weights, **kw)
+    data = _Uint8Images(images)
+
+    def run(d: Dataset) -> float:
+        t0 = time.perf_counter()
+        get_featuresdict_from_dataset(d, fe, cfg.batch_size, kw["cuda"], True, False)  # ends with a copy to CPU
+        if kw["cuda"]:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    run(_Uint8Images(images[:cfg.batch_size]))  # warm-up
+    return float(np.median([run(data) for _ in range(max(1, repeats))])) * 1000.0 / len(data)
+
+
+def _paper_metrics(cfg: MetricsConfig, dataset: str, common: dict, ref_key: str, cache_root: Path,
+                   n: int, m: int) -> tuple[dict, dict]:
+    """(scores and backbones, further protocol) of the ``paper`` set."""
     kid_subset = min(cfg.kid_subset_size, n, m)
+    common = dict(common, kid_subset_size=kid_subset, kid_subsets=cfg.kid_subsets,
+                  prc_neighborhood=cfg.prc_neighborhood)
     backbone = resolve_backbone(cfg.backbone, dataset)
-    cache_root = Path(cache_dir or default_cache_dir())
-    res = "x".join(str(s) for s in reference.shape[-2:])
-    ref_key = f"{dataset}-{dataset_fingerprint(reference)}-{res}-n{m}"
-    common = dict(input1=gen_ds, input2=ref_ds, cache_root=str(cache_root / "fidelity"),
-                  kid_subset_size=kid_subset, kid_subsets=cfg.kid_subsets,
-                  prc_neighborhood=k, **_fidelity_kwargs(device, cfg.batch_size))
-
     if backbone == "digits-classifier":
         weights = digits_classifier_path(cache_root)
         info = torch.load(weights, map_location="cpu", weights_only=True)
@@ -436,8 +821,7 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
             prc=True, feature_extractor="vgg16", feature_extractor_weights_path=vgg,
             input2_cache_name=ref_key, **common))
         backbone_fid, backbone_prc = "inception-v3-compat (pool3, 2048-d)", "vgg16 (fc2_relu, 4096-d, 224 px)"
-
-    return {
+    scores = {
         "fid": float(out[torch_fidelity.KEY_METRIC_FID]),
         "kid_mean": float(out[torch_fidelity.KEY_METRIC_KID_MEAN]),
         "kid_std": float(out[torch_fidelity.KEY_METRIC_KID_STD]),
@@ -445,10 +829,77 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
         "recall": float(out[torch_fidelity.KEY_METRIC_RECALL]),
         "backbone_fid": backbone_fid,
         "backbone_prc": backbone_prc,
-        "implementation": IMPLEMENTATION,
-        "num_generated": n,
-        "num_reference": m,
-        "prc_k": k,
-        "kid_subset_size": kid_subset,
-        "kid_subsets": cfg.kid_subsets,
     }
+    return scores, {"prc_k": cfg.prc_neighborhood, "kid_subset_size": kid_subset, "kid_subsets": cfg.kid_subsets}
+
+
+def _dinov2_metrics(cfg: MetricsConfig, common: dict, ref_key: str, device: str) -> tuple[dict, dict]:
+    """(scores and backbone, further protocol) of the ``dinov2`` set: one feature extraction per input (the
+    reference's cached), then torch-fidelity's FID and PRC code on those features, and :func:`density_coverage`."""
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics_cached, fid_statistics_to_metric
+    from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+    from torch_fidelity.utils import (create_feature_extractor, extract_featuresdict_from_input_id_cached,
+                                      get_cacheable_input_name)
+
+    model, k, layer = cfg.dinov2_model, cfg.dinov2_neighborhood, "dinov2"
+    weights = dinov2_weights_file(cfg)
+    tag = f"{model}-{_file_fingerprint(weights)}"
+    kw = dict(common, feature_extractor=DINOV2_EXTRACTOR_PREFIX + model, feature_extractor_weights_path=weights,
+              input2_cache_name=f"{ref_key}-{tag}", prc_neighborhood=k)
+    fe = create_feature_extractor(kw["feature_extractor"], [layer], **kw)
+    feats = [extract_featuresdict_from_input_id_cached(i, fe, **kw) for i in (1, 2)]
+    stats = [fid_featuresdict_to_statistics_cached(f, get_cacheable_input_name(i, **kw), fe, layer, **kw)
+             for i, f in zip((1, 2), feats)]
+    fd = fid_statistics_to_metric(*stats, verbose=False)[torch_fidelity.KEY_METRIC_FID]
+    prc = prc_featuresdict_to_metric(*feats, layer, **kw)
+    density, coverage = density_coverage(feats[0][layer], feats[1][layer], k, device=device)
+    arch = DINOV2_MODELS[model]
+    scores = {
+        "fd_dinov2": float(fd),
+        "precision_dinov2": float(prc[torch_fidelity.KEY_METRIC_PRECISION]),
+        "recall_dinov2": float(prc[torch_fidelity.KEY_METRIC_RECALL]),
+        "density_dinov2": float(density),
+        "coverage_dinov2": float(coverage),
+        "backbone_dinov2": f"{model} (CLS token after the final LayerNorm, {arch.embed_dim}-d, "
+                           f"{FeatureExtractorDinoV2.INPUT_IMAGE_SIZE} px; weights {Path(weights).name} {tag[-12:]})",
+    }
+    return scores, {"dinov2_k": k}
+
+
+def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset: str, cfg: MetricsConfig,
+                    cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
+    """The metric sets ``cfg.sets`` of ``generated`` against ``reference`` (uint8 N,C,H,W); see the module doc.
+
+    Returns the float scores (:data:`SCORE_KEYS` of each set) and the protocol they were measured under
+    (backbones, implementation, counts, k, KID subset size). Reference features/statistics are cached; generated
+    ones never are.
+    """
+    problems = check_metrics_config(cfg, check_files=False)  # missing weights: MetricsError below
+    if problems:
+        raise ValueError("; ".join(problems))
+    sets = _sets(cfg)
+    gen_ds, ref_ds = _Uint8Images(generated), _Uint8Images(reference)
+    n, m = len(gen_ds), len(ref_ds)
+    ks = {"prc_neighborhood": cfg.prc_neighborhood} if "paper" in sets else {}
+    if "dinov2" in sets:
+        ks["dinov2_neighborhood"] = cfg.dinov2_neighborhood
+    need = max(2, *(k + 1 for k in ks.values()))
+    if min(n, m) < need:
+        raise ValueError(f"need at least {need} images per set ({', '.join(f'{a}={b}' for a, b in ks.items())}); "
+                         f"got generated={n}, reference={m}")
+    cache_root = Path(cache_dir or default_cache_dir())
+    res = "x".join(str(s) for s in reference.shape[-2:])
+    ref_key = f"{dataset}-{dataset_fingerprint(reference)}-{res}-n{m}"
+    common = dict(input1=gen_ds, input2=ref_ds, cache_root=str(cache_root / "fidelity"),
+                  **_fidelity_kwargs(device, cfg.batch_size))
+
+    scores, protocol = {}, {}
+    if "paper" in sets:
+        s, p = _paper_metrics(cfg, dataset, common, ref_key, cache_root, n, m)
+        scores.update(s)
+        protocol.update(p)
+    if "dinov2" in sets:
+        s, p = _dinov2_metrics(cfg, common, ref_key, device)
+        scores.update(s)
+        protocol.update(p)
+    return {**scores, "implementation": IMPLEMENTATION, "num_generated": n, "num_reference": m, **protocol}

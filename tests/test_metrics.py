@@ -81,6 +81,9 @@ def test_fid_orders_self_real_noise(results):
     assert real["num_generated"] == 360 and real["num_reference"] == 500 and real["prc_k"] == 3
     assert real["implementation"].startswith("torch-fidelity")
     assert real["backbone_fid"].startswith(M.DIGITS_EXTRACTOR) and real["backbone_prc"] == real["backbone_fid"]
+    assert list(real) == ["fid", "kid_mean", "kid_std", "precision", "recall", "backbone_fid", "backbone_prc",
+                          "implementation", "num_generated", "num_reference", "prc_k", "kid_subset_size",
+                          "kid_subsets"]  # the paper set's keys, as before metric sets existed
 
 
 def test_fid_equals_direct_frechet(cache, results, digits):
@@ -155,12 +158,12 @@ def test_bad_inputs_and_config(cache, digits):
 def test_missing_local_weights_raise_clear_error(tmp_path, digits):
     _, test, _ = digits
     cfg = M.MetricsConfig(inception_weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(M.MetricsError, match="metrics.inception_weights"):
+    with pytest.raises(M.MetricsError, match=r"eval\.metrics\.inception_weights"):
         M.compute_metrics(test[:10], test[:10], dataset="cifar10", cfg=cfg, cache_dir=tmp_path)
     present = tmp_path / "inception.pth"
     present.write_bytes(b"")  # resolved before any network use; VGG16 is resolved next
     cfg = M.MetricsConfig(inception_weights=str(present), vgg16_weights=str(tmp_path / "no-vgg.pth"))
-    with pytest.raises(M.MetricsError, match="metrics.vgg16_weights"):
+    with pytest.raises(M.MetricsError, match=r"eval\.metrics\.vgg16_weights"):
         M.compute_metrics(test[:10], test[:10], dataset="cifar10", cfg=cfg, cache_dir=tmp_path)
 
 
@@ -177,6 +180,6 @@ def test_offline_download_raises_clear_error(tmp_path, monkeypatch, digits):
         pytest.skip("network reachable: the offline error path cannot be exercised without a download")
     _, test, _ = digits
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights there
-    with pytest.raises(M.MetricsError, match="metrics.inception_weights") as e:
+    with pytest.raises(M.MetricsError, match=r"set eval\.metrics\.inception_weights to its path") as e:
         M.compute_metrics(test[:10], test[:10], dataset="cifar10", cfg=M.MetricsConfig(), cache_dir=tmp_path)
     assert "weights-inception-2015-12-05" in str(e.value)
