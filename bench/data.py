@@ -3,11 +3,17 @@
 Every data set yields ``(image, label)`` with ``image`` a float tensor (C, H, W) in [-1, 1]. Channels are a
 property of the data set (1 for digits, 3 otherwise); models take them from :func:`dataset_channels`.
 ``reference_uint8`` gives the uint8 images that quality metrics compare against.
+
+``data.root`` may name environment variables, expanded when the data set is checked or loaded, never in the
+config: the grids say ``root: $WAVEBENCH_DATA/stl10``, so one ``export WAVEBENCH_DATA=/data`` points every grid
+at ``/data/<data set preset>/`` and the job hashes stay the same on every machine.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +24,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "DataConfig", "DATASETS", "DataError", "load_dataset", "dataset_channels", "reference_uint8",
-    "dataset_fingerprint", "check_data_config",
+    "dataset_fingerprint", "check_data_config", "resolve_root", "DATA_ENV",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -28,8 +34,35 @@ CIFAR_LAYOUT = (
 )
 
 
+DATA_ENV = "WAVEBENCH_DATA"   # the folder holding one folder per data set preset (cifar10/, stl10/, celebahq256/ ...)
+DATA_LAYOUT = (f"${DATA_ENV}/cifar10 = the folder containing cifar-10-batches-py; ${DATA_ENV}/stl10, "
+               "celebahq256, celebahq512, celebahq1024, lsun_church = folders of images")
+DATA_ENV_HINT = f"data.root: ${DATA_ENV}/<data set preset> with {DATA_ENV} set ({DATA_LAYOUT})"
+
+
 class DataError(ValueError):
     """A data set that cannot be loaded: names the expected layout and the config key to set."""
+
+
+def resolve_root(cfg: "DataConfig") -> Path | None:
+    """``data.root`` as a path, ``~`` and environment variables (``$WAVEBENCH_DATA``) expanded; None when unset.
+
+    Expanded here, at check and load time only: the config keeps the portable form, so the job hash does not
+    depend on the machine. An unset variable is an error naming it, not a literal ``$`` path."""
+    if cfg.root is None:
+        return None
+    unset = [v for v in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", cfg.root) if v not in os.environ]
+    if unset:
+        fix = (f"set {DATA_ENV} to the folder that holds the data sets ({DATA_LAYOUT})" if DATA_ENV in unset
+               else "set it")
+        raise DataError(f"data.root={cfg.root} uses {', '.join('$' + v for v in unset)}, which is not set: {fix}; "
+                        "or set data.root to the data set's folder")
+    return Path(os.path.expandvars(cfg.root)).expanduser()
+
+
+def _root_text(cfg: "DataConfig", root: Path) -> str:
+    """"data.root=$WAVEBENCH_DATA/stl10 (= /data/stl10)": what the config says and what it resolved to."""
+    return f"data.root={cfg.root}" + (f" (= {root})" if str(root) != cfg.root else "")
 
 
 @dataclass
@@ -114,14 +147,16 @@ def _digits(cfg: DataConfig, split: str) -> InMemoryImages:
 
 
 def _cifar10(cfg: DataConfig, split: str) -> InMemoryImages:
-    if cfg.root is None:
-        raise DataError(f"data set 'cifar10' needs data.root: the folder that contains {CIFAR_LAYOUT}")
-    folder = Path(cfg.root).expanduser() / "cifar-10-batches-py"
+    root = resolve_root(cfg)
+    if root is None:
+        raise DataError(f"data set 'cifar10' needs data.root: the folder that contains {CIFAR_LAYOUT}; or "
+                        f"{DATA_ENV_HINT}")
+    folder = root / "cifar-10-batches-py"
     if not folder.is_dir() and cfg.download:
         from torchvision.datasets import CIFAR10
 
         try:
-            CIFAR10(root=str(Path(cfg.root).expanduser()), train=True, download=True)
+            CIFAR10(root=str(root), train=True, download=True)
         except Exception as e:  # no network, no permission, ...
             raise DataError(
                 f"cifar10: {folder} is missing and the download failed ({e}). Provide {CIFAR_LAYOUT} "
@@ -133,7 +168,7 @@ def _cifar10(cfg: DataConfig, split: str) -> InMemoryImages:
         raise DataError(
             f"cifar10: {folder} lacks {', '.join(missing)}. Expected layout: {CIFAR_LAYOUT}; "
             "set data.root to the folder that contains cifar-10-batches-py (or data.download: true where a "
-            "download is possible)"
+            f"download is possible), or {DATA_ENV_HINT}"
         )
     data, labels = [], []
     for n in names:
@@ -153,15 +188,17 @@ def _cifar10(cfg: DataConfig, split: str) -> InMemoryImages:
 
 
 def _image_folder(cfg: DataConfig, split: str) -> ImageFolder:
-    if cfg.root is None:
-        raise DataError("data set 'image-folder' needs data.root: a folder of images (png/jpg/webp/bmp)")
-    root = Path(cfg.root).expanduser()
+    root = resolve_root(cfg)
+    if root is None:
+        raise DataError("data set 'image-folder' needs data.root: a folder of images (png/jpg/webp/bmp); or "
+                        f"{DATA_ENV_HINT}")
     if not root.is_dir():
-        raise DataError(f"image-folder: data.root={root} is not a folder; expected a folder of images "
-                        f"({', '.join(IMAGE_SUFFIXES)}), searched recursively")
+        raise DataError(f"image-folder: {_root_text(cfg, root)} is not a folder; expected a folder of images "
+                        f"({', '.join(IMAGE_SUFFIXES)}), searched recursively; set data.root, or {DATA_ENV_HINT}")
     ds = ImageFolder(root, cfg.resolution, hflip=cfg.hflip and split == "train")
     if len(ds) == 0:
-        raise DataError(f"image-folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}; set data.root")
+        raise DataError(f"image-folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {_root_text(cfg, root)}; "
+                        "set data.root")
     return ds
 
 
@@ -176,16 +213,22 @@ def check_data_config(cfg: DataConfig) -> list[str]:
         return [f"data.name={cfg.name!r} is not a data set; valid: {', '.join(DATASETS)}"]
     if cfg.resolution < 8 or cfg.resolution & (cfg.resolution - 1):
         problems.append(f"data.resolution={cfg.resolution} must be a power of two >= 8")
+    try:
+        root = resolve_root(cfg)
+    except DataError as e:
+        return problems + [str(e)]
     if cfg.name == "cifar10":
-        if cfg.root is None:
-            problems.append(f"data.root is required for cifar10: the folder containing {CIFAR_LAYOUT}")
-        elif not (Path(cfg.root).expanduser() / "cifar-10-batches-py").is_dir() and not cfg.download:
-            problems.append(f"data.root={cfg.root}: no cifar-10-batches-py inside (expected {CIFAR_LAYOUT})")
+        if root is None:
+            problems.append(f"data.root is required for cifar10: the folder containing {CIFAR_LAYOUT}; or "
+                            f"{DATA_ENV_HINT}")
+        elif not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
+            problems.append(f"{_root_text(cfg, root)}: no cifar-10-batches-py inside (expected {CIFAR_LAYOUT})")
     if cfg.name == "image-folder":
-        if cfg.root is None:
-            problems.append("data.root is required for image-folder: a folder of images")
-        elif not Path(cfg.root).expanduser().is_dir():
-            problems.append(f"data.root={cfg.root} is not a folder")
+        if root is None:
+            problems.append(f"data.root is required for image-folder: a folder of images; or {DATA_ENV_HINT}")
+        elif not root.is_dir():
+            problems.append(f"{_root_text(cfg, root)} is not a folder (expected a folder of images, "
+                            f"{', '.join(IMAGE_SUFFIXES)}, searched recursively)")
     return problems
 
 

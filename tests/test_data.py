@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from bench.data import (DataConfig, DataError, check_data_config, dataset_channels, dataset_fingerprint,
-                        load_dataset, reference_uint8)
+                        load_dataset, reference_uint8, resolve_root)
 
 
 def test_digits_embedded_default():
@@ -95,3 +95,28 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(DataError, match="valid: digits, cifar10, image-folder"):
         load_dataset(DataConfig(name="mnist"))
     assert "power of two" in check_data_config(DataConfig(resolution=30))[0]
+
+
+def test_root_from_wavebench_data_is_expanded_at_load_time_only(tmp_path, monkeypatch):
+    _fake_cifar(tmp_path / "cifar10")
+    monkeypatch.setenv("WAVEBENCH_DATA", str(tmp_path))
+    cfg = DataConfig(name="cifar10", root="$WAVEBENCH_DATA/cifar10")
+    assert resolve_root(cfg) == tmp_path / "cifar10"
+    assert check_data_config(cfg) == [] and len(load_dataset(cfg, "test")) == 10
+    assert cfg.root == "$WAVEBENCH_DATA/cifar10"  # the config keeps the portable form (the job hash uses it)
+    # A missing data set under it names the key, what it resolved to and the expected layout.
+    img = DataConfig(name="image-folder", root="$WAVEBENCH_DATA/stl10", resolution=8)
+    (problem,) = check_data_config(img)
+    assert f"data.root=$WAVEBENCH_DATA/stl10 (= {tmp_path / 'stl10'}) is not a folder" in problem
+    with pytest.raises(DataError, match="WAVEBENCH_DATA/<data set preset>"):
+        load_dataset(img)
+    # Unset: an error naming the variable and the layout it should hold, never a literal "$WAVEBENCH_DATA" path.
+    monkeypatch.delenv("WAVEBENCH_DATA")
+    (problem,) = check_data_config(cfg)
+    assert problem.startswith("data.root=$WAVEBENCH_DATA/cifar10 uses $WAVEBENCH_DATA, which is not set")
+    assert "$WAVEBENCH_DATA/cifar10 = the folder containing cifar-10-batches-py" in problem
+    with pytest.raises(DataError, match=r"\$WAVEBENCH_DATA, which is not set"):
+        load_dataset(cfg)
+    # Without data.root the error offers both ways.
+    with pytest.raises(DataError, match="needs data.root.*WAVEBENCH_DATA"):
+        load_dataset(DataConfig(name="image-folder"))
