@@ -26,17 +26,19 @@ test: setup
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
-# Paper-style tables from the MLflow store (our runs beside the published numbers), written to reports/out/.
+# Paper-style tables from the MLflow store (our runs of every experiment, make demo's included, beside the
+# published numbers), paper-width, written to reports/out/; WIDE=1 for every column.
+TABLE_ARGS = $(if $(WIDE),--wide,)
 table-cifar10: setup
-	$(BIN)/python -m reports.table --table cifar10
+	$(BIN)/python -m reports.table --table cifar10 $(TABLE_ARGS)
 table-ablation: setup
-	$(BIN)/python -m reports.table --table ablation
+	$(BIN)/python -m reports.table --table ablation $(TABLE_ARGS)
 table-wddm: setup
-	$(BIN)/python -m reports.table --table wddm
+	$(BIN)/python -m reports.table --table wddm $(TABLE_ARGS)
 table-dvdp: setup
-	$(BIN)/python -m reports.table --table dvdp
+	$(BIN)/python -m reports.table --table dvdp $(TABLE_ARGS)
 table-ddim: setup
-	$(BIN)/python -m reports.table --table ddim
+	$(BIN)/python -m reports.table --table ddim $(TABLE_ARGS)
 tables: table-cifar10 table-ablation table-wddm table-dvdp table-ddim
 
 plots: setup

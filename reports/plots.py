@@ -1,10 +1,11 @@
-"""Plots from MLflow (seaborn, PNG): FID vs sampling time with the Pareto front, FID over training wall-clock,
-FID vs DDIM steps, GFLOPs per sample.
+"""Plots from MLflow (seaborn, PNG): FID vs sampling time with the Pareto front, FID during training (against
+training wall-clock and against training steps), FID vs DDIM steps, GFLOPs per sample.
 
     python -m reports.plots [--dataset digits] [--experiment NAME] [--out DIR] [--filter STR] [--log]
 
-One panel per measurement protocol (never two protocols on one axis); the published DDIM curve is drawn only
-on CIFAR-10 panels. Files: ``<out>/<plot>-<dataset|all>.png``.
+Runs of every experiment of the store (but ``perf``) unless ``--experiment`` names one. One panel per
+measurement protocol (never two protocols on one axis; the convergence plot has a row of two panels per
+protocol); the published DDIM curve is drawn only on CIFAR-10 panels. Files: ``<out>/<plot>-<dataset|all>.png``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ __all__ = ["PLOTS", "pareto_front", "plot_fid_vs_time", "plot_convergence", "plo
            "make_plots", "main"]
 
 PLOTS = ("fid_vs_time", "convergence", "fid_vs_ddim_steps", "gflops")
-DDIM_FILL = "python -m bench.run --grid experiments/ddim.yaml"
+DDIM_FILL = "python -m bench.run --grid experiments/ddim_steps.yaml"
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -139,27 +140,51 @@ def plot_fid_vs_time(agg: pd.DataFrame, path: Path) -> Path | None:
 
 
 def plot_convergence(conv: pd.DataFrame, path: Path) -> Path | None:
-    """FID over training wall-clock (minutes), one line per run, coloured by variant."""
+    """FID during training, one row of two panels per protocol: against training wall-clock (s, left) and
+    against training steps (right). One line per run through its ``fid_intermediate`` points (FID every
+    ``eval.every_steps`` on ``eval.every_num_samples`` samples), coloured by variant; the run's final FID (the
+    table's number, ``eval.metrics.num_samples`` samples) is a star. The star joins the line only when both use the
+    same sample count; otherwise it stands apart and the legend names both sample counts."""
     if conv.empty:
         return None
     groups = [(p, conv[conv["protocol"].map(lambda q: q.key() == p.key())]) for p in query.protocols(conv)]
     palette = _palette(conv["variant"])
-    fig, axes = _panels(len(groups))
-    for ax, (p, g) in zip(axes, groups):
-        for (_, variant), r in g.groupby(["run_id", "variant"], sort=False):
-            r = r.sort_values("train_wall_clock_s")
-            ax.plot(r["train_wall_clock_s"] / 60, r["fid"], marker="o", markersize=4, color=palette[variant],
-                    alpha=0.9)
-        fids = g["fid"].to_numpy(float)
-        log = fids.min() > 0 and fids.max() / fids.min() > 10
-        if log:
-            ax.set_yscale("log")
-            _plain_log_ticks(ax.yaxis, fids)
-        ax.set_xlabel("training wall-clock (min)")
-        ax.set_ylabel(f"FID ({p.backbone}, {p.samples} samples{', log scale' if log else ''})")
-        ax.set_title(_title(p), fontsize=9)
-    return _finish(fig, path, [Line2D([], [], marker="o", color=palette[v], label=v)
-                               for v in sorted(set(conv["variant"]), key=query.natural_key)])
+    fig, grid = plt.subplots(len(groups), 2, figsize=(13.0, 4.6 * len(groups)), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    inter_samples = sorted(set(conv.loc[conv["kind"] == "intermediate", "samples"]), key=query.natural_key)
+    style_of = {n: styles[i % len(styles)] for i, n in enumerate(inter_samples)}
+    handles: list = []
+    for (p, g), axes in zip(groups, grid):
+        for ax, x, xlabel in ((axes[0], "train_wall_clock_s", "training wall-clock (s)"),
+                              (axes[1], "step", "training step")):
+            for (_, variant), r in g.groupby(["run_id", "variant"], sort=False):
+                inter = r[r["kind"] == "intermediate"].sort_values("step")
+                final = r[r["kind"] == "final"]
+                if not inter.empty:
+                    xs, ys = list(inter[x]), list(inter["fid"])
+                    if not final.empty and final["samples"].iloc[0] == inter["samples"].iloc[0]:
+                        xs, ys = xs + list(final[x]), ys + list(final["fid"])  # the same protocol: one curve
+                    ax.plot(xs, ys, marker="o", markersize=4, color=palette[variant], alpha=0.9,
+                            linestyle=style_of[inter["samples"].iloc[0]])
+                if not final.empty:
+                    ax.plot(final[x], final["fid"], marker="*", markersize=13, linestyle="", color=palette[variant],
+                            markeredgecolor="black", markeredgewidth=0.6)
+            fids = g["fid"].to_numpy(float)
+            log = fids.min() > 0 and fids.max() / fids.min() > 10
+            if log:
+                ax.set_yscale("log")
+                _plain_log_ticks(ax.yaxis, fids)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"FID ({p.backbone}{', log scale' if log else ''})")
+            ax.set_title(_title(p), fontsize=9)
+    handles += [Line2D([], [], marker="o", color=palette[v], label=v)
+                for v in sorted(set(conv["variant"]), key=query.natural_key)]
+    handles += [Line2D([], [], marker="o", markersize=4, color="grey", linestyle=style_of[n],
+                       label=f"FID during training ({n} samples)") for n in inter_samples]
+    finals = sorted(set(conv.loc[conv["kind"] == "final", "samples"]), key=query.natural_key)
+    handles += [Line2D([], [], marker="*", markersize=11, linestyle="", color="grey", markeredgecolor="black",
+                       label=f"final FID ({', '.join(finals)} samples)")] if finals else []
+    return _finish(fig, path, handles)
 
 
 def _ddim_points(agg: pd.DataFrame) -> pd.DataFrame:
@@ -253,7 +278,7 @@ def plot_gflops(agg: pd.DataFrame, path: Path) -> Path | None:
 
 # ============================================================================================== driver
 
-def make_plots(experiment: str = "wavebench", datasets: list[str] | None = None, out_dir: str | Path = OUT_DIR,
+def make_plots(experiment: str | None = None, datasets: list[str] | None = None, out_dir: str | Path = OUT_DIR,
                filter_string: str | None = None, uri: str | None = None) -> dict[str, Path | None]:
     """Renders every plot; a plot with nothing to show is skipped (None) with the reason printed."""
     runs = query.select_latest(query.load_runs(experiment, datasets=datasets, filter_string=filter_string, uri=uri))
@@ -262,7 +287,7 @@ def make_plots(experiment: str = "wavebench", datasets: list[str] | None = None,
     out = Path(out_dir)
     sns.set_theme(style="whitegrid", context="notebook")
     if runs.empty:
-        print(f"no FINISHED runs in experiment '{experiment}'"
+        print(f"no FINISHED runs in {query.scope_label(experiment)}"
               + (f" on {', '.join(datasets)}" if datasets else "") + ": nothing to plot (make demo, or "
               "python -m bench.run --grid experiments/<grid>.yaml)", file=sys.stderr)
         return {k: None for k in PLOTS}
@@ -273,7 +298,7 @@ def make_plots(experiment: str = "wavebench", datasets: list[str] | None = None,
         "gflops": plot_gflops(agg, out / f"gflops-{suffix}.png"),
     }
     why = {"fid_vs_time": "no run logged both fid and time_mean_s",
-           "convergence": "no run logged a fid history with train_wall_clock_s at the same steps",
+           "convergence": "no run logged fid or fid_intermediate with train_wall_clock_s at the same step",
            "fid_vs_ddim_steps": f"no ddpm / ddim-N runs (fill with: {DDIM_FILL})",
            "gflops": "no run logged gflops_per_sample"}
     for k, v in result.items():
@@ -285,7 +310,8 @@ def make_plots(experiment: str = "wavebench", datasets: list[str] | None = None,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reports.plots", description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default=None, help="only runs on this data set (default: all)")
-    ap.add_argument("--experiment", default="wavebench", help="MLflow experiment")
+    ap.add_argument("--experiment", default=None,
+                    help="only this MLflow experiment (default: every experiment of the store but perf)")
     ap.add_argument("--out", default=str(OUT_DIR), help="directory the PNG files are written to")
     ap.add_argument("--filter", default=None, help="extra MLflow filter, e.g. \"tags.grid = 'demo'\"")
     ap.add_argument("--log", action="store_true", help="also log the PNGs to the experiment's 'report' run")
@@ -296,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         print(p)
     if args.log and written:
         run_id = query.log_report_artifacts(written, args.experiment)
-        print(f"logged to run {run_id} ('report') in experiment '{args.experiment}'", file=sys.stderr)
+        print(f"logged to run {run_id} ('report') in experiment "
+              f"'{args.experiment or query.DEFAULT_REPORT_EXPERIMENT}'", file=sys.stderr)
     return 0
 
 

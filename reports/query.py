@@ -1,11 +1,16 @@
 """MLflow queries shared by the tables and the plots.
 
-One row per FINISHED run that carries a ``variant`` tag (grid parents and report runs have none), with its
-latest metric values, its seed and its measurement protocol. Runs measured under different protocols (data set,
-scale, metric backbone, sample count, timing device, timing batch) are never aggregated together.
+One row per FINISHED job run: a run that carries a ``variant`` tag and is neither a grid parent (tag
+``kind=grid``), a tuning study (``kind=study``) nor a tuning trial (``kind=trial``: its lambda_rec is a search
+point, not the variant's configuration); report runs have no variant tag. Each row has its latest metric values,
+its seed, its experiment and its measurement protocol. Runs measured under different protocols (data set, scale,
+metric backbone, sample count, timing device, timing batch) are never aggregated together.
 
-Selection rule: the latest FINISHED run per (protocol, variant, seed); the seeds are then aggregated into
-mean, standard deviation (ddof 1) and count.
+Scope: every experiment of the store (one store = one place: ``make demo``'s experiment ``demo`` and the grids'
+``wavebench`` alike) except the speed benchmark's (``perf``), or one experiment when it is named.
+
+Selection rule: the latest FINISHED run per (protocol, variant, seed), whichever experiment it is in; the seeds
+are then aggregated into mean, standard deviation (ddof 1) and count.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import pandas as pd
 
 from bench.tracking import tracking_uri
 
-__all__ = ["METRICS", "PRESET_OF", "Protocol", "load_runs", "select_latest", "aggregate", "protocols",
-           "metric_history", "convergence", "log_report_artifacts", "natural_key"]
+__all__ = ["METRICS", "PRESET_OF", "NOT_ROWS", "OTHER_EXPERIMENTS", "DEFAULT_REPORT_EXPERIMENT", "Protocol",
+           "scope_label", "load_runs", "select_latest", "aggregate", "protocols", "metric_history",
+           "CONVERGENCE_COLUMNS", "convergence", "log_report_artifacts", "natural_key"]
 
 # Metrics read from every run (the latest value: the evaluation is logged at the final training step).
 METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "nfe", "gflops_per_sample", "params_generator",
@@ -31,6 +37,12 @@ METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "nfe", "gflops_p
 PRESET_OF = {"digits": "cifar10"}
 
 REPORT_TAG = "wavebench.report"
+# Runs with a variant tag that are not job runs (tag ``kind``): grid parents, tuning studies and their trials.
+NOT_ROWS = ("grid", "study", "trial")
+# Experiments read only when named: the speed benchmark's runs measure the code, not a variant.
+OTHER_EXPERIMENTS = ("perf",)
+# The experiment report runs are logged to when none is named.
+DEFAULT_REPORT_EXPERIMENT = "wavebench"
 
 
 @dataclass(frozen=True)
@@ -73,23 +85,39 @@ def _client(uri: str | None):
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
-_BASE_COLUMNS = ["run_id", "run_name", "start_time", "status", "variant", "dataset", "scale", "family", "paper",
-                 "published_row", "seed", "parent_run_id", "grid", "backbone", "backbone_fid", "implementation",
-                 "samples", "timing_device", "timing_batch", "timing_repeats", "timing_warmup", "protocol", "params"]
+_BASE_COLUMNS = ["run_id", "run_name", "experiment", "start_time", "status", "variant", "dataset", "scale",
+                 "family", "paper", "published_row", "seed", "parent_run_id", "grid", "backbone", "backbone_fid",
+                 "implementation", "samples", "timing_device", "timing_batch", "timing_repeats", "timing_warmup",
+                 "protocol", "params"]
 
 
-def load_runs(experiment: str = "wavebench", *, datasets: list[str] | None = None,
+def scope_label(experiment: str | None) -> str:
+    """"experiment 'demo'" or "every experiment of the store" (for headers and messages)."""
+    return f"experiment '{experiment}'" if experiment else "every experiment of the MLflow store"
+
+
+def _experiments(client, experiment: str | None) -> dict[str, str]:
+    """experiment id -> name: the named one (none when it does not exist), else every active one but
+    :data:`OTHER_EXPERIMENTS`."""
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        return {exp.experiment_id: exp.name} if exp is not None else {}
+    return {e.experiment_id: e.name for e in client.search_experiments() if e.name not in OTHER_EXPERIMENTS}
+
+
+def load_runs(experiment: str | None = None, *, datasets: list[str] | None = None,
               variants: list[str] | None = None, filter_string: str | None = None,
               run_ids: list[str] | None = None, uri: str | None = None) -> pd.DataFrame:
-    """Every FINISHED run with a variant tag in ``experiment`` (optionally restricted), one row each.
+    """Every FINISHED job run (see the module doc) of ``experiment`` (None: every experiment but ``perf``),
+    optionally restricted, one row each.
 
     ``filter_string`` is an MLflow search filter ANDed with the status filter (e.g. ``tags.grid = 'ablation'``);
     ``run_ids`` keeps only those runs (an empty list keeps none).
     """
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
+    exps = _experiments(client, experiment)
     cols = _BASE_COLUMNS + list(METRICS)
-    if exp is None or (run_ids is not None and not run_ids):
+    if not exps or (run_ids is not None and not run_ids):
         return pd.DataFrame(columns=cols)
     clauses = ["attributes.status = 'FINISHED'"]
     if filter_string:
@@ -100,10 +128,10 @@ def load_runs(experiment: str = "wavebench", *, datasets: list[str] | None = Non
         clauses.append(f"tags.dataset = '{datasets[0]}'")
     records, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], " and ".join(clauses), max_results=1000,
+        page = client.search_runs(list(exps), " and ".join(clauses), max_results=1000,
                                   order_by=["attributes.start_time DESC"], page_token=token)
         for run in page:
-            rec = _record(run)
+            rec = _record(run, exps.get(run.info.experiment_id, "?"))
             if rec is not None:
                 records.append(rec)
         token = page.token
@@ -117,10 +145,10 @@ def load_runs(experiment: str = "wavebench", *, datasets: list[str] | None = Non
     return df.reset_index(drop=True)
 
 
-def _record(run) -> dict | None:
+def _record(run, experiment: str) -> dict | None:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     variant = tags.get("variant", "")
-    if not variant:
+    if not variant or tags.get("kind") in NOT_ROWS:
         return None
     seed = params.get("seed")
     proto = Protocol(dataset=tags.get("dataset", "?"), scale=tags.get("scale", params.get("scale", "?")),
@@ -128,7 +156,8 @@ def _record(run) -> dict | None:
                      samples=params.get("eval.metrics.num_samples", "?"), timing_device=_device_label(tags),
                      timing_batch=params.get("eval.timing.batch_size", "?"))
     rec = {
-        "run_id": run.info.run_id, "run_name": run.info.run_name, "start_time": run.info.start_time,
+        "run_id": run.info.run_id, "run_name": run.info.run_name, "experiment": experiment,
+        "start_time": run.info.start_time,
         "status": run.info.status, "variant": variant, "dataset": proto.dataset, "scale": proto.scale,
         "family": tags.get("family", ""), "paper": tags.get("paper", ""),
         "published_row": tags.get("published_row", ""),
@@ -169,6 +198,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         rec = {"protocol": first["protocol"], "variant": variant, "dataset": first["dataset"],
                "scale": first["scale"], "family": first["family"], "published_row": first["published_row"],
                "n": len(g), "seeds": sorted(g["seed"].tolist(), key=str), "run_ids": g["run_id"].tolist(),
+               "experiments": sorted(set(g["experiment"])),
                "params": first["params"], "backbone_fid": first["backbone_fid"],
                "implementation": first["implementation"], "timing_repeats": first["timing_repeats"],
                "timing_warmup": first["timing_warmup"]}
@@ -193,34 +223,56 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> pd.DataFram
     return pd.DataFrame([(m.step, m.value, m.timestamp) for m in hist], columns=["step", "value", "timestamp"])
 
 
+CONVERGENCE_COLUMNS = ["run_id", "variant", "seed", "protocol", "kind", "samples", "step", "fid", "train_wall_clock_s"]
+
+
+def _wall_at(wall: pd.DataFrame, step: int, timestamp: int) -> float:
+    """The ``train_wall_clock_s`` logged with a value at ``step``: the one logged in the same call (same
+    timestamp), else the last one logged at that step up to ``timestamp``, else the last one at that step."""
+    w = wall[wall["step"] == step].sort_values("timestamp")
+    if w.empty:
+        return np.nan
+    same = w[w["timestamp"] == timestamp]
+    before = w[w["timestamp"] <= timestamp]
+    return float((same if not same.empty else before if not before.empty else w)["value"].iloc[-1])
+
+
 def convergence(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
-    """FID against training wall-clock for every run: the ``fid_intermediate`` history (FID during training,
-    ``eval.every_steps``) plus the final ``fid`` at a step the history lacks, joined on step with the
-    ``train_wall_clock_s`` history (the value logged at the same step)."""
+    """FID during training for every run, one row per evaluated point, at its training step and training
+    wall-clock (the ``train_wall_clock_s`` logged at the same step, in the same call where it was).
+
+    Two protocols, never merged: ``kind = "intermediate"`` is the ``fid_intermediate`` history (every
+    ``eval.every_steps``, on ``eval.every_num_samples`` samples), ``kind = "final"`` the run's final ``fid`` (on
+    ``eval.metrics.num_samples`` samples, the table's number); ``samples`` says how many. A run that logged no
+    intermediate FID gives its final point only."""
     rows = []
     for _, r in runs.iterrows():
-        inter = metric_history(r["run_id"], "fid_intermediate", uri)
-        final = metric_history(r["run_id"], "fid", uri)
-        fid = pd.concat([inter, final[~final["step"].isin(inter["step"])]]) if not inter.empty else final
         wall = metric_history(r["run_id"], "train_wall_clock_s", uri)
-        if fid.empty or wall.empty:
+        if wall.empty:
             continue
-        fid = fid.sort_values("timestamp").drop_duplicates("step", keep="last")
-        wall = wall.sort_values("timestamp").drop_duplicates("step", keep="last")
-        j = fid.merge(wall, on="step", suffixes=("_fid", "_wall"))
-        for _, p in j.iterrows():
-            rows.append({"run_id": r["run_id"], "variant": r["variant"], "seed": r["seed"],
-                         "protocol": r["protocol"], "step": int(p["step"]), "fid": p["value_fid"],
-                         "train_wall_clock_s": p["value_wall"]})
-    cols = ["run_id", "variant", "seed", "protocol", "step", "fid", "train_wall_clock_s"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["run_id", "step"]).reset_index(drop=True)
+        params = r["params"] or {}
+        inter = metric_history(r["run_id"], "fid_intermediate", uri)
+        final = metric_history(r["run_id"], "fid", uri).sort_values("timestamp").tail(1)
+        for kind, hist, samples in (("intermediate", inter, params.get("eval.every_num_samples", "?")),
+                                    ("final", final, r["samples"])):
+            # A resumed run may log a step twice: the last value logged wins.
+            for _, p in hist.sort_values("timestamp").drop_duplicates("step", keep="last").iterrows():
+                w = _wall_at(wall, int(p["step"]), int(p["timestamp"]))
+                if np.isfinite(w):
+                    rows.append({"run_id": r["run_id"], "variant": r["variant"], "seed": r["seed"],
+                                 "protocol": r["protocol"], "kind": kind, "samples": str(samples),
+                                 "step": int(p["step"]), "fid": float(p["value"]), "train_wall_clock_s": w})
+    df = pd.DataFrame(rows, columns=CONVERGENCE_COLUMNS)
+    return df.sort_values(["run_id", "kind", "step"], ascending=[True, False, True]).reset_index(drop=True)
 
 
-def log_report_artifacts(paths: list[Path], experiment: str = "wavebench", uri: str | None = None,
+def log_report_artifacts(paths: list[Path], experiment: str | None = None, uri: str | None = None,
                          artifact_path: str = "reports") -> str:
-    """Logs files to the experiment's run named "report" (created on first use); returns its run id."""
+    """Logs files to the experiment's run named "report" (created on first use; experiment ``wavebench`` when
+    none is named); returns its run id."""
     from bench.tracking import get_experiment_id
 
+    experiment = experiment or DEFAULT_REPORT_EXPERIMENT
     client = _client(uri)
     exp_id = get_experiment_id(experiment, uri)
     found = client.search_runs([exp_id], f"tags.`{REPORT_TAG}` = 'true'", max_results=1,

@@ -1,6 +1,6 @@
 """Paper-style comparison tables: this suite's measured runs (MLflow) beside the published numbers.
 
-    python -m reports.table --dataset cifar10 [--table NAME|all] [--format md|latex|html|csv]
+    python -m reports.table --dataset cifar10 [--table NAME|all] [--format md|latex|html|csv] [--wide]
                             [--experiment NAME] [--out DIR] [--filter "tags.grid = 'cifar10'"] [--measured-only]
                             [--log]
 
@@ -9,8 +9,14 @@ ablation, wddm, dvdp, ddim. Published values sit in columns labelled "(published
 in "(reference)", this suite's values in "(measured)"; they are never mixed. Measured runs are split into one
 section per protocol (data set, scale, metric backbone, sample count, timing device, timing batch), each with
 its protocol written under it; speed-ups are computed within a section only. The latest FINISHED run per
-variant and seed is used; several seeds give mean +- standard deviation and their count. ``--measured-only``
-keeps only the measured rows and columns (what ``make demo`` prints).
+variant and seed is used, from every experiment of the store unless ``--experiment`` names one; several seeds
+give mean +- standard deviation.
+
+The default rendering is paper-width: the table's ``columns`` (published.yaml; FID, recall, NFE, sampling time
+for the image tables), each published value beside its measured twin, and the measured speed-up, every number
+rounded as the papers print it. ``--wide`` adds every other column (precision, KID, GFLOPs, parameters,
+training wall-clock, reference counts, the published speed-up, the number of runs). ``--measured-only`` keeps
+only the measured rows and columns (what ``make demo`` prints). CSV always carries every number.
 """
 from __future__ import annotations
 
@@ -69,6 +75,19 @@ def _int(v: float) -> str:
     return f"{v:.0f}"
 
 
+def _time_published(v: float) -> str:
+    """Seconds as the WaveDiff tables print them: 0.08, 0.60, 8.79, 80.5, 423.2."""
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def _time(v: float) -> str:
+    """Measured seconds: the papers' rounding, with two significant digits below 0.1 s (0.0034, not 0.00)."""
+    a = abs(v)
+    if a >= 0.1 or a == 0 or not math.isfinite(v):
+        return _time_published(v)
+    return f"{v:.{1 - math.floor(math.log10(a))}f}"
+
+
 @dataclass(frozen=True)
 class Measure:
     label: str                              # column header before "(published)" / "(measured)"
@@ -76,20 +95,22 @@ class Measure:
     fmt: Callable[[float], str] = _sig      # measured value -> text
     pub_fmt: Callable[[float], str] = _g    # published / reference value -> text
     scale: float = 1.0                      # applied to the measured value (e.g. 1e-6 for millions)
+    short: str = ""                         # label in the paper-width view (default: ``label``)
 
 
 MEASURES: dict[str, Measure] = {
     "fid": Measure("FID", ("fid",), _fixed(2), _fixed(2)),
-    "recall": Measure("Recall", ("recall",), _fixed(3), _fixed(2)),
-    "precision": Measure("Precision", ("precision",), _fixed(3), _fixed(2)),
+    "recall": Measure("Recall", ("recall",), _fixed(2), _fixed(2)),
+    "precision": Measure("Precision", ("precision",), _fixed(2), _fixed(2)),
     "kid": Measure("KID", ("kid_mean",), _fixed(4), _g),
     "nfe": Measure("NFE", ("nfe",), _int, _int),
-    "time_s": Measure("Time (s/batch)", ("time_mean_s",), _sig, _g),
+    "time_s": Measure("Time (s/batch)", ("time_mean_s",), _time, _time_published, short="Time"),
     "gflops": Measure("GFLOPs/sample", ("gflops_per_sample",), _sig, _sig),
-    "params": Measure("Params G/denoiser (M)", ("params_generator", "params_denoiser"), _fixed(2), _fixed(2), 1e-6),
+    "params": Measure("Params G/denoiser (M)", ("params_generator", "params_denoiser"), _fixed(2), _fixed(2), 1e-6,
+                      short="Params (M)"),
     "params_d": Measure("Params D (M)", ("params_discriminator",), _fixed(2), _fixed(2), 1e-6),
     "train_min": Measure("Train wall-clock (min)", ("train_wall_clock_s",), _sig, _g, 1 / 60),
-    "train_ips": Measure("Train throughput (img/s)", ("train_images_per_s",), _sig, _g),
+    "train_ips": Measure("Train throughput (img/s)", ("train_images_per_s",), _sig, _g, short="Train img/s"),
     "train_s_epoch": Measure("Train time (s/epoch)", ("train_s_per_epoch",), _sig, _g),
     "train_speedup": Measure("Training speed-up"),
     "fid_eta0": Measure("FID eta=0", (), _fixed(2), _fixed(2)),
@@ -97,15 +118,18 @@ MEASURES: dict[str, Measure] = {
     "fid_sigma_hat": Measure("FID sigma-hat", (), _fixed(2), _fixed(2)),
 }
 INFO_LABELS = {"level": "Level", "backbone": "Backbone", "turning_points": "Turning points", "steps": "Steps S"}
+# The paper-width view's measures when a table names no ``columns``.
+DEFAULT_COLUMNS = ("fid", "recall", "nfe", "time_s")
 
 
-def _ratio_text(ratio: float, name: str) -> str:
-    """2.86 -> "2.9x faster than DDGAN"; 0.5 -> "2.0x slower than DDGAN"."""
+def _ratio_text(ratio: float, name: str | None) -> str:
+    """2.86 -> "2.9x faster than DDGAN"; 0.5 -> "2.0x slower than DDGAN"; without a name: "2.9x faster"."""
     if not math.isfinite(ratio) or ratio <= 0:
         return NO_VALUE
     word = "faster" if ratio >= 1 else "slower"
     r = ratio if ratio >= 1 else 1 / ratio
-    return f"{r:.0f}x {word} than {name}" if r >= 10 else f"{r:.1f}x {word} than {name}"
+    text = f"{r:.0f}x {word}" if r >= 10 else f"{r:.1f}x {word}"
+    return f"{text} than {name}" if name else text
 
 
 # ============================================================================================== data
@@ -141,9 +165,10 @@ class Report:
     header: list[str]              # published source and protocol
     sections: list[Section]
     notes: list[str]
-    experiment: str
+    experiment: str | None         # None: every experiment of the store
     datasets: list[str] | None
     measured_only: bool = False    # only measured rows and columns (no published or reference values)
+    wide: bool = False             # every column, not only the paper-width ones
 
 
 @dataclass
@@ -223,8 +248,12 @@ def _config_text(a: pd.Series | None, key: str) -> str:
     return "; ".join(hits)
 
 
-def _column_plan(spec: dict) -> list[tuple[str, str]]:
-    """(kind, key) in display order: published value, its measured twin, its reference, speed-ups."""
+def _column_plan(spec: dict, wide: bool = True) -> list[tuple[str, str]]:
+    """(kind, key) in display order: published value, its measured twin, its reference, speed-ups.
+
+    Not ``wide``: the paper-width view, the table's ``columns`` (else :data:`DEFAULT_COLUMNS`) in that order, each
+    as published beside measured, the measured sampling speed-up after the measured time; no reference columns
+    and no published speed-up."""
     plan: list[tuple[str, str]] = []
     published, measured = list(spec.get("published") or []), list(spec.get("measured") or [])
     reference = list(spec.get("reference") or [])
@@ -245,11 +274,21 @@ def _column_plan(spec: dict) -> list[tuple[str, str]]:
     for key in reference:
         if ("reference", key) not in plan:
             plan.append(("reference", key))
-    return plan
+    if wide:
+        return plan
+    keep = list(spec.get("columns") or DEFAULT_COLUMNS)
+    unknown = [k for k in keep if k not in MEASURES]
+    if unknown:
+        raise ValueError(f"published.yaml: columns {unknown} are not measures; valid: {', '.join(MEASURES)}")
+    return [(kind, key) for key in keep for kind in ("published", "measured", "train_speedup", "speedup_measured")
+            if (kind, key) in plan]
 
 
-def _header(kind: str, key: str) -> str:
-    label = MEASURES[key].label
+def _header(kind: str, key: str, base_name: str = "", wide: bool = True) -> str:
+    label = MEASURES[key].label if wide else (MEASURES[key].short or MEASURES[key].label)
+    if not wide and kind in ("speedup_measured", "train_speedup"):
+        what = "Speed-up" if kind == "speedup_measured" else "Training speed-up"
+        return f"{what} vs {base_name} (measured)"
     return {"published": f"{label} (published)", "measured": f"{label} (measured)",
             "reference": f"{label} (reference)", "speedup_published": "Sampling speed-up (published)",
             "speedup_measured": "Sampling speed-up (measured)",
@@ -265,10 +304,10 @@ def _baseline_name(spec: dict) -> str:
     return str(spec.get("baseline"))
 
 
-def _measured_speedup(row: _Row, a: pd.Series | None, base_agg: pd.Series | None, baseline: str, base_name: str,
-                      key: str, higher_is_better: bool) -> tuple[str, float]:
+def _measured_speedup(row: _Row, a: pd.Series | None, base_agg: pd.Series | None, baseline: str,
+                      base_name: str | None, key: str, higher_is_better: bool) -> tuple[str, float]:
     """(text, ratio) of a row's measured ``MEASURES[key]`` against the baseline variant's, in the same protocol;
-    ratio > 1 means better than the baseline."""
+    ratio > 1 means better than the baseline (``base_name`` None: the header names the baseline)."""
     if row.status != "ok":
         return row.status, np.nan
     if base_agg is None:
@@ -281,15 +320,17 @@ def _measured_speedup(row: _Row, a: pd.Series | None, base_agg: pd.Series | None
 
 
 def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protocol: Protocol | None,
-             experiment: str, n_runs: int, measured_only: bool = False) -> Section:
+             n_runs: int, measured_only: bool = False, wide: bool = False) -> Section:
     rows = _assign_rows(spec, agg)
     present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
-    plan = _column_plan(spec)
+    plan, shown = _column_plan(spec), _column_plan(spec, wide)   # every number (CSV); the displayed columns
     base_pub = next((_published_value(r, "time_s") for r in rows if r.spec and spec.get("baseline") in r.expected),
                     np.nan)
     if measured_only:
         rows = [r for r in rows if r.status == "ok"]
-        plan = [(kind, key) for kind, key in plan if kind in ("measured", "speedup_measured", "train_speedup")]
+        measured_kinds = ("measured", "speedup_measured", "train_speedup")
+        plan = [(kind, key) for kind, key in plan if kind in measured_kinds]
+        shown = [(kind, key) for kind, key in shown if kind in measured_kinds]
     info = list(spec.get("info") or [])
     config_cols = dict(spec.get("config_columns") or {})
     baseline = spec.get("baseline")
@@ -312,55 +353,78 @@ def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protoco
             v = row.spec.get(k) if row.spec else None
             t[INFO_LABELS.get(k, k)] = "" if v is None else str(v)
             d[k] = v
+        cells = {}   # (kind, key) -> text, for the displayed columns
         for kind, key in plan:
             m = MEASURES[key]
-            col = _header(kind, key)
             if kind == "published":
                 v = _published_value(row, key)
-                t[col] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
+                cells[kind, key] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
                 d[f"{key}_published"] = v
             elif kind == "measured":
-                t[col] = _measured_text(row, a, m)
+                cells[kind, key] = _measured_text(row, a, m)
                 mean, std, _ = _measured(a, m)
                 d[f"{key}_mean"], d[f"{key}_std"] = mean, std
             elif kind == "reference":
                 v = _reference(pub, dataset, row.variant, key)
-                t[col] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
+                cells[kind, key] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
                 d[f"{key}_reference"] = v
             elif kind == "speedup_published":
                 v = _published_value(row, "time_s")
                 ratio = base_pub / v if np.isfinite(v) and np.isfinite(base_pub) else np.nan
                 is_base = row.spec is not None and baseline in row.expected
-                t[col] = "baseline" if is_base and np.isfinite(v) else _ratio_text(ratio, base_name)
+                cells[kind, key] = "baseline" if is_base and np.isfinite(v) else _ratio_text(ratio, base_name)
                 d["speedup_published"] = ratio
             elif kind in ("speedup_measured", "train_speedup"):
-                # Sampling: lower time is better; training: higher throughput is better.
+                # Sampling: lower time is better; training: higher throughput is better. The paper-width
+                # header names the baseline, its cells do not repeat it.
                 metric, higher = ("time_s", False) if kind == "speedup_measured" else ("train_ips", True)
-                t[col], ratio = _measured_speedup(row, a, base_agg, baseline, base_name, metric, higher)
+                cells[kind, key], ratio = _measured_speedup(row, a, base_agg, baseline,
+                                                            base_name if wide else None, metric, higher)
                 d[kind] = ratio
+        for kind, key in shown:
+            t[_header(kind, key, base_name, wide)] = cells[kind, key]
         for label, key in config_cols.items():
             t[label] = _config_text(a, key)
             d[f"config:{key}"] = t[label]
-        t["Runs"] = str(int(a["n"])) if a is not None else ("0" if row.status == MISSING else NO_VALUE)
+        if wide:
+            t["Runs"] = str(int(a["n"])) if a is not None else ("0" if row.status == MISSING else NO_VALUE)
         d["n"] = int(a["n"]) if a is not None else 0
         d["seeds"] = " ".join(str(s) for s in a["seeds"]) if a is not None else ""
         d["run_ids"] = " ".join(a["run_ids"]) if a is not None else ""
+        d["experiments"] = " ".join(a["experiments"]) if a is not None else ""
         text_rows.append(t)
         data_rows.append(d)
 
-    frame = pd.DataFrame(text_rows) if text_rows else pd.DataFrame(columns=["Model", "Variant", "Runs"])
+    empty_cols = ["Model", "Variant"] + (["Runs"] if wide else [])
+    frame = pd.DataFrame(text_rows) if text_rows else pd.DataFrame(columns=empty_cols)
     data = pd.DataFrame(data_rows) if data_rows else pd.DataFrame(columns=["table", "model", "variant", "status"])
-    lines = _footer(spec, agg, protocol, experiment, n_runs, rows, measured_only)
+    lines = _footer(spec, agg, protocol, n_runs, rows, measured_only, wide)
     heading = f"Measured under: {protocol.label()}" if protocol else "Measured: no FINISHED runs yet"
     return Section(heading, protocol, frame, data, lines)
 
 
-def _fill_command(spec: dict, dataset: str | None) -> str:
-    return (spec.get("fill_by_dataset") or {}).get(dataset, spec.get("fill", ""))
+def fill_commands(spec: dict) -> dict[str | None, str]:
+    """The commands that produce a table's runs: data set -> command (None: the table's own ``fill``)."""
+    return {None: spec.get("fill", ""), **(spec.get("fill_by_dataset") or {})}
 
 
-def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, experiment: str, n_runs: int,
-            rows: list[_Row], measured_only: bool = False) -> list[str]:
+def _fill_text(spec: dict, dataset: str | None, name_dataset: bool = False) -> str:
+    """"`command`" for a data set's runs, the table's note on it (``fill_notes``) and the data set after it."""
+    cmds = fill_commands(spec)
+    key = dataset if dataset in cmds else None
+    note = (spec.get("fill_notes") or {}).get(key)
+    extra = [x for x in ((key if name_dataset else None), note) if x]
+    return f"`{cmds[key]}`" + (f" ({': '.join(extra)})" if extra else "")
+
+
+def _experiments_text(agg: pd.DataFrame) -> str:
+    names = sorted({e for es in agg["experiments"] for e in es})
+    return (f"experiment '{names[0]}'" if len(names) == 1 else
+            "experiments " + ", ".join(f"'{n}'" for n in names))
+
+
+def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_runs: int,
+            rows: list[_Row], measured_only: bool = False, wide: bool = False) -> list[str]:
     lines = []
     if protocol is None:
         return lines
@@ -369,8 +433,16 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, exp
                  f"with {uniq('backbone_fid')} ({uniq('implementation')}) on {protocol.samples} generated samples; "
                  f"sampling time = mean seconds per batch of {protocol.timing_batch}, {uniq('timing_repeats')} "
                  f"timed runs after {uniq('timing_warmup')} warm-up runs, on {protocol.timing_device}.")
-    lines.append(f"Runs: {n_runs} FINISHED run{'' if n_runs == 1 else 's'} in experiment '{experiment}', the latest "
-                 "per variant and seed; '±' is the standard deviation over seeds (Runs = number of seeds).")
+    runs = (f"Runs: {n_runs} FINISHED run{'' if n_runs == 1 else 's'} in {_experiments_text(agg)}, the latest per "
+            "variant and seed; '±' is the standard deviation over seeds")
+    if wide:
+        runs += " (Runs = number of seeds)."
+    else:
+        n_seeds = dict(zip(agg["variant"], agg["n"]))
+        seeds = [(r.model, int(n_seeds[r.variant])) for r in rows if r.status == "ok" and r.variant in n_seeds]
+        runs += (f" (seeds per row: {', '.join(f'{m} {n}' for m, n in seeds)})." if any(n > 1 for _, n in seeds)
+                 else " (one seed per row).")
+    lines.append(runs)
     published_preset = spec.get("published_dataset")
     if measured_only:
         if published_preset and protocol.dataset != published_preset:
@@ -390,17 +462,19 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, exp
     missing = [v for r in rows if r.status == MISSING for v in r.expected[:1]]
     if missing:
         lines.append(f"Missing measured rows ({', '.join(missing)}): fill them with "
-                     f"`{_fill_command(spec, protocol.dataset)}`.")
+                     f"{_fill_text(spec, protocol.dataset)}.")
     return lines
 
 
-def build_report(name: str, experiment: str = "wavebench", datasets: list[str] | None = None,
+def build_report(name: str, experiment: str | None = None, datasets: list[str] | None = None,
                  filter_string: str | None = None, uri: str | None = None, published: dict | None = None,
-                 run_ids: list[str] | None = None, measured_only: bool = False) -> Report:
-    """One table: the published rows, and one measured section per protocol found in ``experiment``.
+                 run_ids: list[str] | None = None, measured_only: bool = False, wide: bool = False) -> Report:
+    """One table: the published rows, and one measured section per protocol found in ``experiment`` (None:
+    every experiment of the store but ``perf``).
 
     ``run_ids`` restricts the runs considered (e.g. those of one grid submission); ``measured_only`` keeps only
-    the rows with a measured run and the measured columns (no published or reference values).
+    the rows with a measured run and the measured columns (no published or reference values); ``wide`` shows
+    every column instead of the paper-width ones.
     """
     pub = published or load_published()
     if name not in pub["tables"]:
@@ -420,27 +494,31 @@ def build_report(name: str, experiment: str = "wavebench", datasets: list[str] |
         if any(r.spec is not None for r in shown) or (shown and spec.get("extra") == "all"):
             in_proto = runs["protocol"].map(lambda p: p.key() == proto.key())
             n = int((in_proto & runs["variant"].isin([r.variant for r in shown])).sum())
-            sections.append(_section(name, spec, pub, g, proto, experiment, n, measured_only))
+            sections.append(_section(name, spec, pub, g, proto, n, measured_only, wide))
     if not sections:
-        empty = _section(name, spec, pub, None, None, experiment, 0, measured_only)
+        empty = _section(name, spec, pub, None, None, 0, measured_only, wide)
         where = f"data sets {', '.join(scope)}" if scope else "any data set"
-        fills = [f"`{spec.get('fill', '')}`"] + [f"`{c}` ({d})" for d, c in (spec.get("fill_by_dataset") or {}).items()
-                                                if not scope or d in scope]
-        empty.lines = [f"No FINISHED runs for this table in experiment '{experiment}' ({where})"
+        fills = [_fill_text(spec, d, name_dataset=d is not None) for d in fill_commands(spec)
+                 if d is None or not scope or d in scope]
+        empty.lines = [f"No FINISHED runs for this table in {query.scope_label(experiment)} ({where})"
                        + ("." if measured_only else f": measured cells are '{MISSING}'."),
                        f"Fill the measured columns with: {' or '.join(fills)}"]
         sections = [empty]
 
+    wide_note = ("Paper-width view: `--wide` shows every column (precision, KID, GFLOPs, parameter counts, training "
+                 "wall-clock, reference counts, the published speed-up, runs); `--format csv` carries every number.")
     if measured_only:
         header = [f"Measured values only: every number below comes from FINISHED MLflow runs of this suite in "
-                  f"experiment '{experiment}'; the published numbers of this table: "
+                  f"{query.scope_label(experiment)}; the published numbers of this table: "
                   f"`python -m reports.table --table {name}`."]
         notes = [f"Cells: '{NOT_LOGGED}' = the run did not log this metric."]
         if spec.get("baseline"):
             notes.append(f"Speed-ups are measured against {_baseline_name(spec)} ({spec['baseline']}) within a "
                          "protocol.")
+        if not wide:
+            notes.append(wide_note)
         return Report(name, f"{spec['title']}: measured runs only", header, sections, notes, experiment, datasets,
-                      measured_only=True)
+                      measured_only=True, wide=wide)
     header = _published_header(spec, pub)
     notes = list(spec.get("notes") or [])
     notes += [f"{r['model']}: {r['note']}" for r in spec["rows"] if r.get("note")]
@@ -450,7 +528,9 @@ def build_report(name: str, experiment: str = "wavebench", datasets: list[str] |
     notes.append(f"Cells: '{MISSING}' = a variant reproduces the row but has no FINISHED run; '{NOT_REPRODUCED}' = no "
                  f"variant reproduces it; '{NO_VALUE}' = no value in the source; rows after the paper's rows have no "
                  "published counterpart.")
-    return Report(name, spec["title"], header, sections, notes, experiment, datasets)
+    if not wide:
+        notes.append(wide_note)
+    return Report(name, spec["title"], header, sections, notes, experiment, datasets, wide=wide)
 
 
 def _published_header(spec: dict, pub: dict) -> list[str]:
@@ -545,7 +625,7 @@ def write_report(rep: Report, fmt: str = "md", out_dir: str | Path = OUT_DIR) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = (f"table-{rep.name}" + (f"-{'-'.join(rep.datasets)}" if rep.datasets else "")
-            + ("-measured" if rep.measured_only else ""))
+            + ("-measured" if rep.measured_only else "") + ("-wide" if rep.wide else ""))
     paths = []
     for f in dict.fromkeys(["md", fmt]):
         p = out / f"{stem}.{FORMATS[f]}"
@@ -563,11 +643,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="which table (default: the --dataset's main table, else cifar10)")
     ap.add_argument("--dataset", default=None, help="only runs on this data set (default: the table's data sets)")
     ap.add_argument("--format", choices=list(FORMATS), default="md", help="printed and written format")
-    ap.add_argument("--experiment", default="wavebench", help="MLflow experiment")
+    ap.add_argument("--experiment", default=None,
+                    help="only this MLflow experiment (default: every experiment of the store but perf)")
     ap.add_argument("--out", default=str(OUT_DIR), help="directory the tables are written to")
     ap.add_argument("--filter", default=None, help="extra MLflow filter, e.g. \"tags.grid = 'cifar10'\"")
     ap.add_argument("--measured-only", action="store_true",
                     help="only the measured rows and columns (no published or reference values)")
+    ap.add_argument("--wide", action="store_true",
+                    help="every column (precision, KID, GFLOPs, parameters, training time, reference counts, runs), "
+                         "not only the paper-width ones")
     ap.add_argument("--log", action="store_true", help="also log the files to the experiment's 'report' run")
     args = ap.parse_args(argv)
 
@@ -576,13 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [args.dataset] if args.dataset else None
     written = []
     for n in names:
-        rep = build_report(n, args.experiment, datasets, args.filter, published=pub, measured_only=args.measured_only)
+        rep = build_report(n, args.experiment, datasets, args.filter, published=pub, measured_only=args.measured_only,
+                           wide=args.wide)
         print(render(rep, args.format))
         written += write_report(rep, args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     if args.log:
         run_id = query.log_report_artifacts(written, args.experiment)
-        print(f"logged to run {run_id} ('report') in experiment '{args.experiment}'", file=sys.stderr)
+        print(f"logged to run {run_id} ('report') in experiment "
+              f"'{args.experiment or query.DEFAULT_REPORT_EXPERIMENT}'", file=sys.stderr)
     return 0
 
 

@@ -57,12 +57,14 @@ def store(tmp_path_factory):
         parent = client.create_run(e, run_name="grid-demo", tags={"grid": "demo"}).info.run_id
         client.set_terminated(parent)
         hist = [(100, 80.0, 150.0), (200, 50.0, 300.0)]
+        every = {"eval.every_num_samples": "200"}  # intermediate FIDs on 200 samples, the final one on 1000
         r = {}
         r["ddgan"] = log_run(client, e, "ddgan", fid=30.0, time_s=2.0, params=GAN_P, published_row="DDGAN",
-                             history=hist + [(400, 30.0, 600.0)], parent=parent, gflops=2.0)
+                             history=hist + [(400, 31.0, 600.0)], parent=parent, gflops=2.0, extra_params=every)
         log_run(client, e, "wavediff", fid=99.0, time_s=9.0, seed=0, start=-1000, params=GAN_P)  # older: replaced
         r["wavediff0"] = log_run(client, e, "wavediff", fid=20.0, time_s=0.8, seed=0, params=GAN_P,
-                                 published_row="WaveDiff", history=hist + [(400, 20.0, 600.0)], parent=parent)
+                                 published_row="WaveDiff", history=hist + [(400, 21.0, 600.0)], parent=parent,
+                                 extra_params=every)
         r["wavediff1"] = log_run(client, e, "wavediff", fid=22.0, time_s=0.6, seed=1, start=10, params=GAN_P,
                                  published_row="WaveDiff", parent=parent)
         log_run(client, e, "wavediff", fid=77.7, time_s=0.01, seed=2, status="FAILED", params=GAN_P)  # ignored
@@ -86,6 +88,19 @@ def store(tmp_path_factory):
         log_run(client, e, "ddgan", fid=70.0, time_s=2.1, backbone="inception-vgg16", params=GAN_P, gflops=2.0)
         log_run(client, e, "wavediff", fid=4.5, time_s=0.1, dataset="cifar10", scale="paper",
                 backbone="inception-vgg16", params={"params_generator": 33.4e6, "params_discriminator": 7.6e6})
+        # Other experiments of the same store, read when no experiment is named: a newer ddgan run (it wins),
+        # a variant only there, and runs that are never rows: a tuning trial and its study (newer, their own
+        # kind), the speed benchmark's experiment.
+        other = client.create_experiment("other", artifact_location=(tmp / "artifacts").as_uri())
+        r["other_ddgan"] = log_run(client, other, "ddgan", fid=31.0, time_s=2.2, start=5000, params=GAN_P,
+                                   published_row="DDGAN", gflops=2.0)
+        log_run(client, other, "wddm-unet-l2", fid=23.0, time_s=11.0, nfe=1000, start=5000, **diff)
+        tune = client.create_experiment("tune", artifact_location=(tmp / "artifacts").as_uri())
+        for kind in ("trial", "study"):
+            rid = log_run(client, tune, "wavediff", fid=1.0, time_s=0.01, start=6000, params=GAN_P)
+            client.set_tag(rid, "kind", kind)
+        perf = client.create_experiment("perf", artifact_location=(tmp / "artifacts").as_uri())
+        log_run(client, perf, "wavediff-wg", fid=2.0, time_s=0.02, start=6000, params=GAN_P)
         yield {"uri": uri, "client": client, "exp": e, "runs": r, "tmp": tmp}
 
 
@@ -117,7 +132,7 @@ def test_query_latest_per_seed_and_aggregate(store):
 
 
 def test_cifar10_table_measured_beside_published(store):
-    rep = table.build_report("cifar10", EXP, datasets=["digits"])
+    rep = table.build_report("cifar10", EXP, datasets=["digits"], wide=True)
     sec = section(rep, "digits")
     assert cell(sec, "WaveDiff", "FID (published)") == "4.01"
     assert cell(sec, "WaveDiff", "FID (measured)") == "21.00 ± 1.41"
@@ -134,6 +149,14 @@ def test_cifar10_table_measured_beside_published(store):
     models = sec.frame["Model"].tolist()
     assert models[:4] == ["WaveDiff", "DDGAN", "DDPM", "NCSN"]
     assert cell(sec, "NCSN", "FID (measured)") == "n/a" and cell(sec, "NCSN", "FID (published)") == "25.30"
+    # Rounded as the paper prints: recall and precision two decimals, seconds 0.08 / 80.5.
+    assert cell(sec, "WaveDiff", "Recall (measured)") == "0.40"
+    assert cell(sec, "WaveDiff", "Recall (published)") == "0.55"
+    assert cell(sec, "WaveDiff", "Precision (measured)") == "0.60"
+    assert cell(sec, "WaveDiff", "Time (s/batch) (published)") == "0.08"
+    assert cell(sec, "DDPM", "Time (s/batch) (published)") == "80.5"
+    assert cell(sec, "DDPM", "Time (s/batch) (measured)") == "40.0"
+    assert cell(sec, "WaveDiff", "Time (s/batch) (measured)") == "0.70 ± 0.14"
     assert cell(sec, "DDPM", "FID (measured)") == "15.00" and cell(sec, "DDIM", "FID (measured)") == "16.00"
     assert models.index("wavediff-no-rec") > models.index("VAEBM")
     assert cell(sec, "wavediff-no-rec", "FID (published)") == "-"
@@ -146,8 +169,57 @@ def test_cifar10_table_measured_beside_published(store):
     assert "Not the published data set" not in md and "with the cifar10 paper configurations" in md
 
 
+def test_paper_width_is_the_default(store, tmp_path, capsys):
+    rep = table.build_report("cifar10", EXP, datasets=["digits"])
+    sec = section(rep, "digits")
+    assert list(sec.frame.columns) == [
+        "Model", "Variant", "FID (published)", "FID (measured)", "Recall (published)", "Recall (measured)",
+        "NFE (published)", "NFE (measured)", "Time (published)", "Time (measured)", "Speed-up vs DDGAN (measured)"]
+    wide = section(table.build_report("cifar10", EXP, datasets=["digits"], wide=True), "digits")
+    same = {"Time (published)": "Time (s/batch) (published)", "Time (measured)": "Time (s/batch) (measured)"}
+    for col in sec.frame.columns[:-1]:
+        assert sec.frame[col].tolist() == wide.frame[same.get(col, col)].tolist(), col  # the same cells
+    assert cell(sec, "WaveDiff", "Speed-up vs DDGAN (measured)") == "2.9x faster"
+    assert cell(sec, "DDGAN", "Speed-up vs DDGAN (measured)") == "baseline"
+    assert cell(sec, "DDPM", "Speed-up vs DDGAN (measured)") == "20x slower"
+    assert cell(sec, "WaveDiff", "Time (measured)") == "0.70 ± 0.14"
+    assert cell(sec, "WaveDiff", "Recall (measured)") == "0.40"
+    # No column has the published and the measured number in one cell; seeds and the protocol are in the footer.
+    assert any("(seeds per row: WaveDiff 2, DDGAN 1, DDPM 1, DDIM 1" in line for line in sec.lines)
+    assert sec.lines[0].startswith("Measured protocol: data set digits")
+    assert len(sec.frame.columns) == 11 and len(wide.frame.columns) == 22
+    # --wide on the command line: every column, written beside the default file.
+    assert table.main(["--dataset", "digits", "--experiment", EXP, "--wide", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Params G/denoiser (M) (reference)" in out and "| Runs" in out
+    assert (tmp_path / "table-cifar10-digits-wide.md").read_text().strip() == out.strip()
+    # Tables without published times keep their point: WDDM's training speed-up.
+    w = section(table.build_report("wddm", EXP, datasets=["digits"]), "digits")
+    assert cell(w, "WDDM UNet L1", "Training speed-up vs pixel DDPM (measured)") == "3.0x faster"
+    assert not any("(reference)" in c for c in w.frame.columns)
+
+
+def test_every_experiment_is_read_unless_one_is_named(store):
+    everywhere = section(table.build_report("cifar10", datasets=["digits"], wide=True), "digits")
+    # The newest FINISHED ddgan run of the store (experiment 'other') replaces the older one ...
+    assert cell(everywhere, "DDGAN", "FID (measured)") == "31.00"
+    assert store["runs"]["other_ddgan"] in everywhere.data.set_index("variant").loc["ddgan", "run_ids"]
+    assert cell(everywhere, "wddm-unet-l2", "FID (measured)") == "23.00"  # a variant only 'other' has
+    # ... but tuning trials and studies (newer still) and the perf experiment never are rows.
+    assert cell(everywhere, "WaveDiff", "FID (measured)") == "21.00 ± 1.41"
+    assert cell(everywhere, "wavediff-wg", "FID (measured)") == "18.00"
+    assert any(line.startswith("Runs: ") and "in experiments 'other', 'reports-test'" in line
+               for line in everywhere.lines)
+    runs = query.load_runs()
+    assert set(runs["experiment"]) == {EXP, "other"} and 1.0 not in set(runs["fid"]) and 2.0 not in set(runs["fid"])
+    # Naming an experiment restricts to it.
+    named = section(table.build_report("cifar10", EXP, datasets=["digits"]), "digits")
+    assert cell(named, "DDGAN", "FID (measured)") == "30.00" and "wddm-unet-l2" not in set(named.frame["Model"])
+    assert any(f"in experiment '{EXP}'" in line for line in named.lines)
+
+
 def test_protocols_are_separate_labelled_sections(store):
-    rep = table.build_report("cifar10", EXP)  # default scope: cifar10 and digits
+    rep = table.build_report("cifar10", EXP, wide=True)  # default scope: cifar10 and digits
     labels = [s.heading for s in rep.sections]
     assert len(labels) == 3, labels
     inc = section(rep, "digits", "inception-vgg16")
@@ -188,7 +260,7 @@ def test_every_table_renders_in_every_format(store, fmt, tmp_path, capsys):
 
 
 def test_ablation_wddm_dvdp_ddim_tables(store):
-    rep = table.build_report("ablation", EXP)
+    rep = table.build_report("ablation", EXP, wide=True)
     assert all(s.protocol.dataset == "digits" for s in rep.sections)  # cifar10 measured no ablation row
     ab = section(rep, "digits")
     assert ab.frame["Model"].tolist()[:4] == ["w/o residual", "w/o up & down", "w/o bottleneck", "full model"]
@@ -198,7 +270,7 @@ def test_ablation_wddm_dvdp_ddim_tables(store):
     assert set(ab.frame["Variant"]) >= {"wavediff-no-rec", "ddgan"} and "ddpm" not in set(ab.frame["Variant"])
     assert any("published numbers are on celebahq256, measured ones on digits" in line for line in ab.lines)
 
-    wrep = table.build_report("wddm", EXP, datasets=["digits"])
+    wrep = table.build_report("wddm", EXP, datasets=["digits"], wide=True)
     w = section(wrep, "digits")
     assert not any("(published)" in c for c in w.frame.columns)
     assert any("UNVERIFIED" in line for line in wrep.header + wrep.notes)
@@ -206,13 +278,13 @@ def test_ablation_wddm_dvdp_ddim_tables(store):
     assert cell(w, "WDDM UNet L1", "Params G/denoiser (M) (reference)") == "26.20"
     assert cell(w, "WDDM UKAN L2", "FID (measured)") == "missing"
 
-    d = section(table.build_report("dvdp", EXP), "digits")
+    d = section(table.build_report("dvdp", EXP, wide=True), "digits")
     assert cell(d, "DVDP, 1 turning point", "FID (measured)") == "16.50"
     assert cell(d, "DVDP, 1 turning point", "Config (turning points)") == "model.turning_points=[500]"
     assert cell(d, "DVDP, 1 turning point", "Sampling speed-up (measured)") == "1.6x faster than DDPM"
     assert cell(d, "Subspace Diffusion", "FID (published)") == "2.17"
 
-    s = section(table.build_report("ddim", EXP), "digits")
+    s = section(table.build_report("ddim", EXP, wide=True), "digits")
     assert cell(s, "S = 10", "FID eta=0 (published)") == "13.36"
     assert cell(s, "S = 10", "FID (measured)") == "25.00"
     assert cell(s, "S = 10", "eta (measured)") == "0.0"
@@ -240,7 +312,8 @@ def test_measured_only_table_keeps_measured_rows_and_columns(store, tmp_path, ca
     one = section(table.build_report("cifar10", EXP, datasets=["digits"], run_ids=[store["runs"]["wavediff0"]],
                                      measured_only=True), "digits")
     assert one.frame["Model"].tolist() == ["WaveDiff"]
-    assert cell(one, "WaveDiff", "FID (measured)") == "20.00" and cell(one, "WaveDiff", "Runs") == "1"
+    assert cell(one, "WaveDiff", "FID (measured)") == "20.00"
+    assert any("(one seed per row)" in line for line in one.lines)
     none = table.build_report("cifar10", EXP, run_ids=[], measured_only=True)
     assert none.sections[0].protocol is None and none.sections[0].frame.empty
     assert "No FINISHED runs" in table.render(none, "md")
@@ -257,8 +330,15 @@ def test_pareto_front():
 def test_plots_render_and_log(store, tmp_path):
     conv = query.convergence(query.select_latest(query.load_runs(EXP, datasets=["digits"])))
     wd = conv[conv["run_id"] == store["runs"]["wavediff0"]]
-    assert wd["step"].tolist() == [100, 200, 400] and wd["train_wall_clock_s"].tolist() == [150.0, 300.0, 600.0]
-    assert wd["fid"].tolist() == [80.0, 50.0, 20.0]
+    # The intermediate FIDs (200 samples) and the final one (1000 samples, same step as the last intermediate
+    # one) are two protocols: two kinds of rows, never one merged series.
+    inter, final = wd[wd["kind"] == "intermediate"], wd[wd["kind"] == "final"]
+    assert inter["step"].tolist() == [100, 200, 400] and inter["train_wall_clock_s"].tolist() == [150.0, 300.0, 600.0]
+    assert inter["fid"].tolist() == [80.0, 50.0, 21.0] and set(inter["samples"]) == {"200"}
+    assert final[["step", "fid", "train_wall_clock_s", "samples"]].values.tolist() == [[400, 20.0, 600.0, "1000"]]
+    # A run that logged no intermediate FID still has its final point.
+    one = conv[conv["run_id"] == store["runs"]["wavediff1"]]
+    assert one["kind"].tolist() == ["final"] and one["fid"].tolist() == [22.0]
     assert plots.main(["--dataset", "digits", "--experiment", EXP, "--out", str(tmp_path), "--log"]) == 0
     for name in plots.PLOTS:
         p = tmp_path / f"{name}-digits.png"
@@ -269,3 +349,12 @@ def test_plots_render_and_log(store, tmp_path):
     logged = {a.path for a in client.list_artifacts(reports[0].info.run_id, "reports")}
     assert logged == {f"reports/{n}-digits.png" for n in plots.PLOTS}
     assert reports[0].info.run_id not in set(query.load_runs(EXP)["run_id"])  # never a measured row
+
+
+def test_numbers_are_rounded_as_the_papers_print_them():
+    pub, ours = table.MEASURES["time_s"].pub_fmt, table.MEASURES["time_s"].fmt
+    assert [pub(v) for v in (0.08, 0.6, 8.79, 80.5, 423.2)] == ["0.08", "0.60", "8.79", "80.5", "423.2"]
+    # Measured seconds: the same, but never "0.00" for a fast sampler.
+    assert [ours(v) for v in (0.0034, 0.0456, 0.515, 2.474, 40.04)] == ["0.0034", "0.046", "0.52", "2.47", "40.0"]
+    assert table.MEASURES["recall"].fmt(0.399) == "0.40" and table.MEASURES["recall"].pub_fmt(0.4) == "0.40"
+    assert table.MEASURES["fid"].fmt(7.034) == "7.03" and table.MEASURES["fid"].pub_fmt(25.3) == "25.30"

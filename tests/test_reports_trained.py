@@ -88,6 +88,21 @@ def sig(v):
     return f"{v:.0f}" if a >= 100 else f"{v:#.3g}" if a >= 0.001 or a == 0 else f"{v:.2e}"
 
 
+def published_seconds(v):
+    """Published seconds as the WaveDiff tables print them: 0.08, 0.60, 8.79, 80.5."""
+    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def seconds(v):
+    """Measured seconds as the papers print them (0.08, 8.79, 80.5), two significant digits below 0.1 s."""
+    a = abs(v)
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 0.1 or a == 0:
+        return f"{v:.2f}"
+    return f"{v:.{1 - int(np.floor(np.log10(a)))}f}"
+
+
 def ratio_text(ratio, name):
     word, r = ("faster", ratio) if ratio >= 1 else ("slower", 1 / ratio)
     return f"{r:.0f}x {word} than {name}" if r >= 10 else f"{r:.1f}x {word} than {name}"
@@ -122,15 +137,19 @@ def row_name(run):
     return run.data.tags["published_row"] or run.data.tags["variant"]
 
 
-MAIN_MEASURED = {  # column -> (metric, format, scale)
+MAIN_MEASURED = {  # column (--wide) -> (metric, format, scale)
     "FID (measured)": ("fid", fixed(2), 1.0),
-    "Recall (measured)": ("recall", fixed(3), 1.0),
-    "Precision (measured)": ("precision", fixed(3), 1.0),
+    "Recall (measured)": ("recall", fixed(2), 1.0),
+    "Precision (measured)": ("precision", fixed(2), 1.0),
     "KID (measured)": ("kid_mean", fixed(4), 1.0),
     "NFE (measured)": ("nfe", fixed(0), 1.0),
-    "Time (s/batch) (measured)": ("time_mean_s", sig, 1.0),
+    "Time (s/batch) (measured)": ("time_mean_s", seconds, 1.0),
     "GFLOPs/sample (measured)": ("gflops_per_sample", sig, 1.0),
     "Train wall-clock (min) (measured)": ("train_wall_clock_s", sig, 1 / 60),
+}
+PAPER_MEASURED = {  # the paper-width view's measured columns (the default)
+    "FID (measured)": MAIN_MEASURED["FID (measured)"], "Recall (measured)": MAIN_MEASURED["Recall (measured)"],
+    "NFE (measured)": MAIN_MEASURED["NFE (measured)"], "Time (measured)": MAIN_MEASURED["Time (s/batch) (measured)"],
 }
 
 
@@ -148,7 +167,7 @@ def test_every_run_shares_one_recorded_protocol(trained):
 
 
 def test_main_table_cells_are_the_logged_values(trained):
-    rep = table.build_report("cifar10", EXP, datasets=["digits"])
+    rep = table.build_report("cifar10", EXP, datasets=["digits"], wide=True)
     sec = section(rep)
     spec = PUBLISHED["cifar10"]
     runs = trained.runs
@@ -179,13 +198,25 @@ def test_main_table_cells_are_the_logged_values(trained):
     # Published values in their own columns, as published.yaml has them.
     for r in spec["rows"]:
         assert cell(sec, r["model"], "FID (published)") == f"{r['fid']:.2f}"
-        assert cell(sec, r["model"], "Recall (published)") == ("-" if r["recall"] is None else f"{r['recall']:g}")
+        assert cell(sec, r["model"], "Recall (published)") == ("-" if r["recall"] is None else f"{r['recall']:.2f}")
         assert cell(sec, r["model"], "NFE (published)") == f"{r['nfe']:.0f}"
         assert cell(sec, r["model"], "Time (s/batch) (published)") == ("-" if r["time_s"] is None
-                                                                       else f"{r['time_s']:g}")
+                                                                       else published_seconds(r["time_s"]))
     assert cell(sec, "WaveDiff", "Sampling speed-up (published)") == "2.6x faster than DDGAN"  # 0.21 / 0.08
     for model in extra:
         assert cell(sec, model, "FID (published)") == "-"
+    # The default, paper-width view: the same cells in fewer columns; the speed-up's header names the baseline.
+    paper = section(table.build_report("cifar10", EXP, datasets=["digits"]))
+    assert list(paper.frame.columns) == [
+        "Model", "Variant", "FID (published)", "FID (measured)", "Recall (published)", "Recall (measured)",
+        "NFE (published)", "NFE (measured)", "Time (published)", "Time (measured)", "Speed-up vs DDGAN (measured)"]
+    for variant, rs in runs.items():
+        model = row_name(rs[0])
+        for col, (metric, fmt, scale) in PAPER_MEASURED.items():
+            assert cell(paper, model, col) == expected(rs, metric, fmt, scale), (variant, col)
+        assert cell(paper, model, "Time (published)") == cell(sec, model, "Time (s/batch) (published)")
+        assert cell(sec, model, "Sampling speed-up (measured)").startswith(
+            cell(paper, model, "Speed-up vs DDGAN (measured)"))
 
 
 def test_footer_states_the_recorded_protocol(trained):
@@ -215,7 +246,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     runs = trained.runs
     t = lambda v, m: np.mean(values(runs[v], m))  # noqa: E731
 
-    ab = section(table.build_report("ablation", EXP))
+    ab = section(table.build_report("ablation", EXP, wide=True))
     assert ab.frame["Model"].tolist() == ["w/o residual", "w/o up & down", "w/o bottleneck", "full model",
                                           "DDGAN", "WaveDiff"]  # the paper's rows, then the listed extras
     assert cell(ab, "full model", "Variant") == "wavediff-wg"
@@ -228,7 +259,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     assert cell(ab, "w/o residual", "FID (published)") == "6.25"
     assert any("published numbers are on celebahq256, measured ones on digits" in line for line in ab.lines)
 
-    w = section(table.build_report("wddm", EXP))
+    w = section(table.build_report("wddm", EXP, wide=True))
     assert not any("(published)" in c for c in w.frame.columns)
     for model, v in (("Pixel DDPM (UNet)", "ddpm"), ("WDDM UNet L1", "wddm-unet-l1")):
         assert cell(w, model, "Variant") == v
@@ -244,7 +275,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     assert cell(w, "WDDM UNet L1", "Params G/denoiser (M) (reference)") == "26.20"
     assert cell(w, "WDDM UKAN L1", "FID (measured)") == "missing"
 
-    d = section(table.build_report("dvdp", EXP))
+    d = section(table.build_report("dvdp", EXP, wide=True))
     tp1 = runs["dvdp-tp1"][0].data.params
     assert cell(d, "DVDP, 1 turning point", "FID (measured)") == expected(runs["dvdp-tp1"], "fid", fixed(2))
     assert cell(d, "DVDP, 1 turning point", "Config (turning points)") == "; ".join(
@@ -256,7 +287,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     assert cell(d, "DVDP", "FID (measured)") == "missing"
     assert cell(d, "Subspace Diffusion", "FID (published)") == "2.17"
 
-    s = section(table.build_report("ddim", EXP))
+    s = section(table.build_report("ddim", EXP, wide=True))
     for model, v in (("S = 10", "ddim-10"), ("S = 20", "ddim-20"), ("S = 1000", "ddpm")):
         p = runs[v][0].data.params
         assert cell(s, model, "Variant") == v
@@ -375,7 +406,7 @@ def _spy(monkeypatch):
     finish = plots._finish
 
     def spy(fig, path, handles=None):
-        seen[path.stem.rsplit("-", 1)[0]] = (fig.axes[0], list(handles or []))
+        seen[path.stem.rsplit("-", 1)[0]] = (list(fig.axes), list(handles or []))
         return finish(fig, path, handles)
 
     monkeypatch.setattr(plots, "_finish", spy)
@@ -404,7 +435,7 @@ def test_plots_show_the_logged_values(trained, tmp_path, monkeypatch):
     runs = trained.runs
 
     # FID vs sampling time: one point per variant at (mean time, mean FID); the Pareto front circled.
-    ax, handles = seen["fid_vs_time"]
+    (ax,), handles = seen["fid_vs_time"]
     colour = _by_colour([h for h in handles if h.get_label() != "Pareto front"])
     points = {colour[_rgb(c.lines[0])]: tuple(c.lines[0].get_xydata()[0]) for c in ax.containers}
     want = {v: (np.mean(values(rs, "time_mean_s")), np.mean(values(rs, "fid"))) for v, rs in runs.items()}
@@ -419,32 +450,47 @@ def test_plots_show_the_logged_values(trained, tmp_path, monkeypatch):
     assert ax.get_xscale() == "log" and "s per batch of 4" in ax.get_xlabel()
     assert ax.get_ylabel().startswith("FID (digits-classifier, 24 samples)")
 
-    # Convergence: one line per run through (training wall-clock so far, FID) at each evaluated step.
-    ax, handles = seen["convergence"]
-    colour = _by_colour(handles)
-    lines: dict = {}
-    for ln in ax.lines:
-        lines.setdefault(colour[_rgb(ln)], []).append(ln.get_xydata().tolist())
-    for v, rs in runs.items():
-        want_lines = []
-        for r in rs:
-            fid = {m.step: m.value for m in trained.client.get_metric_history(r.info.run_id, "fid_intermediate")}
-            for m in trained.client.get_metric_history(r.info.run_id, "fid"):
-                fid.setdefault(m.step, m.value)
-            wall = {}
-            for m in sorted(trained.client.get_metric_history(r.info.run_id, "train_wall_clock_s"),
-                            key=lambda m: m.timestamp):
-                wall[m.step] = m.value
-            want_lines.append([[wall[s] / 60, fid[s]] for s in sorted(fid) if s in wall])
-        got = sorted(lines[v])
-        assert len(got) == len(want_lines), v
-        for a, b in zip(got, sorted(want_lines)):
-            close(a, b)
-    assert len(lines["ddgan"][0]) == 2  # FID at steps 2 and 4 (eval.every_steps = 2)
-    assert ax.get_xlabel() == "training wall-clock (min)"
+    # Convergence, two panels (against training wall-clock in seconds, against training steps): one line per run
+    # through its fid_intermediate points, the final FID a star of the same colour, apart from the line (fewer
+    # samples during training: another protocol).
+    axes, handles = seen["convergence"]
+    assert [ax.get_xlabel() for ax in axes] == ["training wall-clock (s)", "training step"]
+    colour = _by_colour([h for h in handles if h.get_label() in runs])
+    labels = [h.get_label() for h in handles]
+    assert "FID during training (16 samples)" in labels and "final FID (24 samples)" in labels
+    client = trained.client
+    for ax, wall_clock in zip(axes, (True, False)):
+        lines, stars = {}, {}
+        for ln in ax.lines:
+            into = stars if ln.get_marker() == "*" else lines
+            into.setdefault(colour[_rgb(ln)], []).append(sorted(map(tuple, ln.get_xydata().tolist())))
+        for v, rs in runs.items():
+            want_lines, want_stars = [], []
+            for r in rs:
+                wall = client.get_metric_history(r.info.run_id, "train_wall_clock_s")
+                inter = client.get_metric_history(r.info.run_id, "fid_intermediate")
+                # The wall-clock logged in the same call as each intermediate FID (same step and timestamp).
+                pts = [((next(w.value for w in wall if (w.step, w.timestamp) == (m.step, m.timestamp))
+                         if wall_clock else m.step), m.value) for m in inter]
+                if pts:
+                    want_lines.append(sorted(pts))
+                (final,) = client.get_metric_history(r.info.run_id, "fid")
+                last_wall = max((w for w in wall if w.step == final.step), key=lambda w: w.timestamp).value
+                want_stars.append([(last_wall if wall_clock else final.step, final.value)])
+            assert len(lines.get(v, [])) == len(want_lines) and len(stars[v]) == len(want_stars), v
+            for a, b in zip(sorted(lines.get(v, [])), sorted(want_lines)):
+                close(a, b)
+            for a, b in zip(sorted(stars[v]), sorted(want_stars)):
+                close(a, b)
+        # The demo's runs: FID at steps 2 and 4 (eval.every_steps = 2), the final FID at step 4 beside it.
+        for v in DEMO:
+            (line,) = lines[v]  # only the demo's run of each variant logged intermediate FIDs
+            assert len(line) == 2
+            if not wall_clock:
+                assert [x for x, _ in line] == [2, 4] and [4] in [[x for x, _ in star] for star in stars[v]]
 
     # FID vs DDIM steps: each series' points at (steps = the NFE the run counted, FID).
-    ax, handles = seen["fid_vs_ddim_steps"]
+    (ax,), handles = seen["fid_vs_ddim_steps"]
     colour = _by_colour(handles)
     series = {colour[_rgb(c.lines[0])]: sorted(map(tuple, c.lines[0].get_xydata())) for c in ax.containers}
     want_series: dict = {}
@@ -462,7 +508,7 @@ def test_plots_show_the_logged_values(trained, tmp_path, monkeypatch):
     assert "sampling steps" in ax.get_xlabel() and ax.get_xscale() == "log"
 
     # GFLOPs per sample: one bar per variant, its height the logged value.
-    ax, _ = seen["gflops"]
+    (ax,), _ = seen["gflops"]
     names = [t.get_text() for t in ax.get_xticklabels()]
     bars = {names[round(p.get_x() + p.get_width() / 2)]: p.get_height() for p in ax.patches
             if np.isfinite(p.get_height()) and p.get_height() > 0}
@@ -489,12 +535,14 @@ def test_demo_prints_reports_table_of_its_own_runs(trained, tmp_path, capsys):
     assert sec.frame["Model"].tolist() == ["WaveDiff", "DDGAN"]
     assert not any("(published)" in c or "(reference)" in c for c in sec.frame.columns)
     demo_runs = {v: [r for r in trained.runs[v] if r.info.run_id in trained.demo_ids] for v in DEMO}
+    assert list(sec.frame.columns) == ["Model", "Variant", *PAPER_MEASURED, "Speed-up vs DDGAN (measured)"]
     for model, v in (("WaveDiff", "wavediff"), ("DDGAN", "ddgan")):
-        assert cell(sec, model, "Runs") == "1"
-        for col, (metric, fmt, scale) in MAIN_MEASURED.items():
+        for col, (metric, fmt, scale) in PAPER_MEASURED.items():
             assert cell(sec, model, col) == expected(demo_runs[v], metric, fmt, scale), (v, col)
+    assert any("(one seed per row)" in line for line in sec.lines)
     ratio = demo_runs["ddgan"][0].data.metrics["time_mean_s"] / demo_runs["wavediff"][0].data.metrics["time_mean_s"]
-    assert cell(sec, "WaveDiff", "Sampling speed-up (measured)") == ratio_text(ratio, "DDGAN")
+    assert cell(sec, "WaveDiff", "Speed-up vs DDGAN (measured)") == ratio_text(ratio, "DDGAN").removesuffix(
+        " than DDGAN")
     assert "4.01" not in rendered and "Published:" not in rendered
     assert "every number above was measured by this demo's runs" in md and "`make table-cifar10`" in md
     for v in DEMO:
