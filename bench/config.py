@@ -19,7 +19,7 @@ from bench.evaluate import TimingConfig
 from bench.metrics import MetricsConfig
 
 __all__ = ["EvalConfig", "RunConfig", "ConfigError", "apply_overrides", "config_hash", "unflatten",
-           "to_dict"]
+           "to_dict", "canonical"]
 
 
 class ConfigError(ValueError):
@@ -170,6 +170,24 @@ def apply_overrides(obj: Any, overrides: dict, prefix: str = "", problems: list[
     if own and problems:
         raise ConfigError(problems)
     return new
+
+
+def canonical(obj: Any) -> Any:
+    """A copy of dataclass ``obj`` whose every value has its annotated type (``1800`` in a float field becomes
+    ``1800.0``, lists in tuple fields become tuples). Two configs that mean the same thing then hash the same,
+    whether they were built in code or rebuilt from their JSON form in another process."""
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            changes[f.name] = canonical(value)
+        else:
+            problems: list[str] = []
+            coerced = _coerce(value, hints[f.name], f.name, problems)
+            if not problems:
+                changes[f.name] = coerced
+    return dataclasses.replace(obj, **changes)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = [
     "count_flops", "count_params", "NFECounter", "TimingConfig", "time_sampler", "device_description",
-    "resolve_device", "synchronize",
+    "resolve_device", "synchronize", "no_cuda_reason",
 ]
 
 
@@ -66,13 +66,30 @@ class NFECounter:
         self._handle.remove()
 
 
+def no_cuda_reason() -> str:
+    """Why torch sees no CUDA device in this process, in words a user can act on."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build: install a CUDA build of torch"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return ("CUDA_VISIBLE_DEVICES is empty in this process: the executor gave the job no GPU (on SLURM, set "
+                "gpus_per_node in the cluster profile)")
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU"
+            + (f" among CUDA_VISIBLE_DEVICES={visible!r}" if visible else "") + " (is the NVIDIA driver loaded?)")
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when available; anything else is passed to torch (a clear error if unavailable)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was asked for but CUDA is not available: {no_cuda_reason()}; "
+                               "use device: auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device={device!r}: this process sees {torch.cuda.device_count()} GPU(s) "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
     return dev
 
 

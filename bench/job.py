@@ -41,6 +41,7 @@ class JobResult:
     job_hash: str
     metrics: dict = field(default_factory=dict)
     reason: str = ""
+    device: str = ""                 # the device type this job trained and evaluated on (cpu | cuda)
 
 
 def runs_root() -> Path:
@@ -204,10 +205,10 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
                                       progress=progress and dist.is_main, on_step=on_step, dist=dist)
         if result.interrupted:
             tracker.flush()
-            return JobResult("INTERRUPTED", tracker.run_id, jh, {"train_steps": result.step})
+            return JobResult("INTERRUPTED", tracker.run_id, jh, {"train_steps": result.step}, device=device.type)
         if not dist.is_main:
             return JobResult("FINISHED", None, jh, {"train_steps": result.step},
-                             f"rank {dist.rank}: training done; rank 0 logs and evaluates")
+                             f"rank {dist.rank}: training done; rank 0 logs and evaluates", device=device.type)
         return _finish(cfg, system, result, len(stream.ds), tracker, device, jh, th, progress, out_dir)
     except BaseException as e:
         if dist.is_main and isinstance(e, (KeyboardInterrupt, SystemExit)):  # killed or requeued: resumable
@@ -254,6 +255,8 @@ def _open_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: 
                                       "published_row": variant.published_row or "",
                                       "metric_backbone": resolve_backbone(cfg.eval.metrics.backbone, cfg.data.name),
                                       **({"processes": str(cfg.processes)} if cfg.processes > 1 else {}),
+                                      **({"cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]}
+                                         if "CUDA_VISIBLE_DEVICES" in os.environ else {}),
                                       **(tags or {})})
         run_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracking_uri()}))
     elif tags:
@@ -297,4 +300,4 @@ def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: 
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             shutil.copy(d / "samples.png", Path(out_dir) / f"samples-{cfg.variant}.png")
     tracker.end("FINISHED")
-    return JobResult("FINISHED", tracker.run_id, jh, summary["metrics"])
+    return JobResult("FINISHED", tracker.run_id, jh, summary["metrics"], device=device.type)

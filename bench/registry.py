@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from bench.config import ConfigError, EvalConfig, RunConfig, apply_overrides, config_hash, to_dict, unflatten
+from bench.config import (ConfigError, EvalConfig, RunConfig, apply_overrides, canonical, config_hash, to_dict,
+                          unflatten)
 from bench.data import DataConfig, check_data_config, dataset_channels
 from bench.metrics import check_metrics_config
 from bench.systems import (DiffusionModelConfig, DiffusionSystem, DVDPSystem, GANModelConfig, GANSystem,
@@ -333,7 +334,7 @@ def resolve(job: dict, check_paths: bool = True, allow_derived: bool = False) ->
         problems += _check_values(cfg)
     if problems:
         raise ConfigError(problems)
-    return cfg
+    return canonical(cfg)  # the same hash here and after a JSON round trip in the job's process
 
 
 def from_dict(d: dict) -> RunConfig:

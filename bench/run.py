@@ -25,6 +25,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -218,9 +219,10 @@ class JobTask(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, configs: list[dict], experiment: str, parent_run_id: str | None, tags: dict,
-                 force: bool = False, env: dict | None = None):
+                 force: bool = False, env: dict | None = None, hashes: list[str] | None = None):
         self.configs, self.experiment, self.parent_run_id = configs, experiment, parent_run_id
-        self.tags, self.force, self.env = tags, force, env or {}
+        self.tags, self.force, self.env = tags, force, dict(env or {})
+        self.hashes = hashes  # the job hashes the runner knows these configs by (checked on arrival)
 
     def __call__(self) -> list[dict]:
         from bench import registry
@@ -240,10 +242,14 @@ class JobTask(submitit.helpers.Checkpointable):
                 f"_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in os.environ else "")
         results = []
         force = self.force
-        first = registry.from_dict(self.configs[0])  # a chain shares its training, hence its process count
+        cfgs = [registry.from_dict(d) for d in self.configs]
+        for cfg, expected in zip(cfgs, self.hashes or []):
+            if registry.job_hash(cfg) != expected:  # the runner and MLflow would disagree on this job's identity
+                raise RuntimeError(f"{cfg.variant}: the job's config hashes to {registry.job_hash(cfg)} in the job "
+                                   f"but to {expected} in the runner (its JSON form does not round-trip)")
+        first = cfgs[0]  # a chain shares its training, hence its process count
         with process_group(first.processes, resolve_device(first.device)) as dist:
-            for d in self.configs:
-                cfg = registry.from_dict(d)
+            for cfg in cfgs:
                 try:
                     r = run_job(cfg, experiment=self.experiment, parent_run_id=self.parent_run_id, tags=tags,
                                 force=force, progress=False, should_stop=stop.is_set, dist=dist)
@@ -256,7 +262,7 @@ class JobTask(submitit.helpers.Checkpointable):
                 finally:
                     force = False  # later jobs of the chain share the (re)trained checkpoint
                 results.append({"job_hash": r.job_hash, "status": r.status, "run_id": r.run_id,
-                                "metrics": r.metrics, "reason": r.reason})
+                                "metrics": r.metrics, "reason": r.reason, "device": r.device})
                 if r.status == "INTERRUPTED":
                     if callable(submitit_handler):  # rank 0: submitit's checkpoint() -> requeue -> exit
                         submitit_handler(signal.SIGUSR2, None)
@@ -266,7 +272,7 @@ class JobTask(submitit.helpers.Checkpointable):
     def checkpoint(self, *args, **kwargs):
         """Requeue the same task: it resumes from the checkpoint the loop just wrote."""
         return submitit.helpers.DelayedSubmission(JobTask(self.configs, self.experiment, self.parent_run_id,
-                                                          self.tags, False, self.env))
+                                                          self.tags, False, self.env, self.hashes))
 
 
 # ============================================================================================== submission
@@ -297,12 +303,109 @@ def make_executor(kind: str, folder: Path, cluster: dict, timeout_min: float):
 
 
 def set_processes(ex, cluster: dict, processes: int) -> None:
-    """The next submissions run ``processes`` tasks on one node (the DDP ranks of a job), each with one GPU
-    when the cluster profile asks for GPUs."""
+    """The next submissions run ``processes`` tasks on one node (the DDP ranks of a job). On SLURM each task gets
+    one GPU when the cluster profile asks for GPUs; local jobs get theirs from :class:`LocalGpus` instead."""
     params: dict[str, Any] = {"tasks_per_node": processes}
-    if cluster.get("gpus_per_node"):
+    if cluster.get("gpus_per_node") and ex.cluster == "slurm":
         params["gpus_per_node"] = max(int(cluster["gpus_per_node"]), processes)
     ex.update_parameters(**params)
+
+
+# ============================================================================================== devices
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to local jobs: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set (CUDA
+    stops at the first invalid one), else every CUDA device torch counts."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = []
+        for d in env.split(","):
+            d = d.strip()
+            if not d or d == "-1":
+                break
+            ids.append(d)
+        return ids
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken driver: no GPU to hand out
+        return []
+
+
+def gpu_census(gpus: list[str]) -> str:
+    """Where the GPU count of this machine comes from, for messages."""
+    import torch
+
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        src = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
+    else:
+        src = f"torch {torch.__version__} counts {torch.cuda.device_count()} CUDA device(s)"
+        if torch.version.cuda is None:
+            src += " (a CPU-only build of torch)"
+    return f"{len(gpus)} GPU(s): {src}"
+
+
+class LocalGpus:
+    """The local executor's GPUs. A job on ``auto`` or ``cuda`` takes ``processes`` of them while it runs (rank r
+    uses the r-th), so jobs running at once never share one; a ``cpu`` job sees none; a job pinned to ``cuda:K``
+    sees all of them (K counts among them) and reserves none. submitit's local executor would otherwise set
+    ``CUDA_VISIBLE_DEVICES`` to the empty string (it follows ``gpus_per_node``, unset without a cluster profile)."""
+
+    def __init__(self, gpus: list[str]):
+        self.gpus, self.free = list(gpus), list(gpus)
+        self.held: dict[int, list[str]] = {}
+
+    def wants(self, cfg: RunConfig) -> int:
+        """GPUs the job takes from the pool; 0 when it runs on the CPU or is pinned."""
+        if not self.gpus or cfg.device == "cpu" or cfg.device.startswith("cuda:"):
+            return 0
+        return cfg.processes if cfg.processes <= len(self.gpus) else 0
+
+    def available(self, cfg: RunConfig) -> bool:
+        """Whether the GPUs such a job needs are free now."""
+        return self.wants(cfg) <= len(self.free)
+
+    def assign(self, key: int, task: "JobTask", cfg: RunConfig, ex) -> bool:
+        """Give the next local submission of ``ex`` (this task) its GPUs; False (nothing changed) while the GPUs
+        it needs are busy. The shell that starts the job's processes exports them, before any CUDA call."""
+        n = self.wants(cfg)
+        if n > len(self.free):
+            return False
+        got, self.free = self.free[:n], self.free[n:]
+        self.held[key] = got
+        visible = ",".join(self.gpus if cfg.device.startswith("cuda:") else got)
+        task.env["CUDA_VISIBLE_DEVICES"] = visible
+        ex.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(visible)}"] if visible else [])
+        return True
+
+    def release(self, key: int) -> None:
+        self.free += self.held.pop(key, [])
+
+    def fallback_reason(self, cfg: RunConfig) -> str | None:
+        """Why an ``auto`` job will run on the CPU although this machine has GPUs (None if it will not)."""
+        if self.gpus and cfg.device == "auto" and cfg.processes > len(self.gpus):
+            return f"processes={cfg.processes} needs {cfg.processes} GPUs, this machine shows {len(self.gpus)}"
+        return None
+
+
+def device_problems(configs: list[RunConfig], executor: str, cluster: dict, gpus: list[str]) -> list[str]:
+    """Jobs that ask for CUDA where they cannot get it: found before anything is submitted."""
+    problems = []
+    for i, c in enumerate(configs):
+        if not c.device.startswith("cuda"):
+            continue
+        label = f"job {i} ({c.variant}, device={c.device})"
+        if executor == "slurm":
+            if not cluster.get("gpus_per_node"):
+                problems.append(f"{label}: the cluster profile gives jobs no GPU; set gpus_per_node in it (or use "
+                                "device: auto)")
+            continue
+        need = int(c.device.split(":")[1]) + 1 if ":" in c.device else c.processes
+        if len(gpus) < need:
+            problems.append(f"{label}: needs {need} GPU(s), this machine shows {gpu_census(gpus)}; use device: "
+                            "auto or cpu")
+    return problems
 
 
 def task_result(job) -> list[dict]:
@@ -338,6 +441,10 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     from bench import registry
     from bench.job import find_finished_run, runs_root
 
+    def say(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    started_ms = int(time.time() * 1000)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = runs_root() / "submitit" / f"{grid.name}-{stamp}"
     timeout = float(grid.executor.get("timeout_min", cluster.get("timeout_min", 240)))
@@ -357,19 +464,19 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
             if done:
                 results[h] = {"job_hash": h, "status": "SKIPPED", "run_id": done["run_id"], "metrics": done["metrics"],
                               "reason": "already FINISHED"}
-                print(f"[skip] {c.variant} ({h[:8]}): FINISHED run {done['run_id']} exists", file=out, flush=True)
+                say(f"[skip] {c.variant} ({h[:8]}): FINISHED run {done['run_id']} exists")
             else:
                 pending.append(c)
         if pending:
             todo.append(pending)
 
-    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
-    for k in ("WAVEBENCH_RUNS", "WAVEBENCH_CACHE", "WAVEBENCH_ARTIFACT_ROOT"):
-        if k in os.environ:
-            env[k] = os.environ[k]
+    env = job_environment()
     tags = {"grid": grid.name, "executor": executor}
-    tasks = [JobTask([to_dict(c) for c in chain], grid.experiment, parent.run_id, tags, force, env) for chain in todo]
+    tasks = [JobTask([to_dict(c) for c in chain], grid.experiment, parent.run_id, tags, force, env,
+                     [registry.job_hash(c) for c in chain]) for chain in todo]
     names = [" + ".join(f"{c.variant}/{c.dataset}/s{c.seed}" for c in chain) for chain in todo]
+    gpus = visible_gpus()
+    pool = LocalGpus(gpus if executor == "local" else [])
     jobs: list = []
     states: dict[int, str] = {}
     if executor == "slurm":
@@ -382,7 +489,7 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
             for i, j in zip(idx, ex.submit_array([tasks[i] for i in idx])):
                 jobs[i] = j
         for i, j in enumerate(jobs):
-            print(f"[pending] {names[i]}  (SLURM job {j.job_id})", file=out, flush=True)
+            say(f"[pending] {names[i]}  (SLURM job {j.job_id})")
             states[i] = "pending"
     queue = list(range(len(tasks)))
     running: dict[int, Any] = {}
@@ -390,10 +497,14 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     while len(finished) < len(tasks):
         if executor != "slurm":  # throttle local jobs ourselves (submitit's local executor starts all at once)
             while queue and len(running) < max(1, max_parallel):
-                i = queue.pop(0)
+                i = queue[0]
+                if not pool.assign(i, tasks[i], todo[i][0], ex):
+                    break  # its GPUs are busy: wait for a running job to end
+                queue.pop(0)
                 set_processes(ex, cluster, todo[i][0].processes)
                 running[i] = ex.submit(tasks[i])
-                print(f"[running] {names[i]}", file=out, flush=True)
+                gpu_note = f" on GPU {tasks[i].env['CUDA_VISIBLE_DEVICES']}" if pool.held.get(i) else ""
+                say(f"[running] {names[i]}{gpu_note}")
                 states[i] = "running"
         else:
             running = {i: j for i, j in enumerate(jobs) if i not in finished}
@@ -409,36 +520,28 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
                     st = "UNKNOWN"
                 new = "running" if st in ("RUNNING", "COMPLETING") else states.get(i, "pending")
                 if new != states.get(i):
-                    print(f"[{new}] {names[i]}", file=out, flush=True)
+                    say(f"[{new}] {names[i]}")
                     states[i] = new
             if done:
                 finished[i] = j
                 running.pop(i, None)
-                try:
-                    res = task_result(j)
-                    for r in res:
-                        results[r["job_hash"]] = r
-                    failed = [r for r in res if r["status"] == "FAILED"]
-                    state = "failed" if failed else "done"
-                    print(f"[{state}] {names[i]}" + (f": {failed[0]['reason']}" if failed else ""), file=out,
-                          flush=True)
-                    if failed:
-                        print(indent(log_tail(j)), file=out, flush=True)
-                except Exception as e:
-                    for c in todo[i]:
-                        h = registry.job_hash(c)
-                        results.setdefault(h, {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {},
-                                               "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[-1:]}"})
-                    print(f"[failed] {names[i]}: {type(e).__name__}", file=out, flush=True)
-                    print(indent(log_tail(j)), file=out, flush=True)
+                pool.release(i)
+                _collect(j, todo[i], names[i], results, say)
         if len(finished) < len(tasks):
             time.sleep(poll_s)
 
     ordered = []
     for c in configs:
         h = registry.job_hash(c)
-        r = results.get(h, {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {}, "reason": "no result"})
+        r = results.get(h) or {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {},
+                               "reason": "its task ended without reporting this job"}
         ordered.append({"variant": c.variant, "dataset": c.dataset, "seed": c.seed, **r})
+    reconcile(grid.experiment, ordered, say, since_ms=started_ms)
+    for c, r in zip(configs, ordered):
+        why = cpu_fallback(c, r, gpus, executor, cluster, pool)
+        if why:
+            say(f"[warning] {c.variant}/{c.dataset}/s{c.seed} ran on the CPU (device auto) although this machine "
+                f"shows {len(gpus)} GPU(s): {why}")
     n_failed = sum(r["status"] == "FAILED" for r in ordered)
     parent.log_metrics({"jobs_failed": n_failed, "jobs_finished": sum(r["status"] == "FINISHED" for r in ordered),
                         "jobs_skipped": sum(r["status"] == "SKIPPED" for r in ordered)})
@@ -447,12 +550,107 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     return ordered, parent.run_id
 
 
+def job_environment() -> dict[str, str]:
+    """What a job's process must share with the submitting one: the MLflow store, the run, cache and artifact
+    directories."""
+    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
+    for k in ("WAVEBENCH_RUNS", "WAVEBENCH_CACHE", "WAVEBENCH_ARTIFACT_ROOT", "WAVEBENCH_DATA"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
+def _collect(job, chain: list[RunConfig], name: str, results: dict[str, dict], say) -> None:
+    """Record what a finished task returned for each job of its chain (a job it did not report stays absent)."""
+    from bench import registry
+
+    try:
+        res = task_result(job)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
+        for c in chain:
+            h = registry.job_hash(c)
+            results.setdefault(h, {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {},
+                                   "reason": reason})
+        say(f"[failed] {name}: {reason}")
+        say(indent(log_tail(job)))
+        return
+    expected = {registry.job_hash(c) for c in chain}
+    for r in res:
+        results[r["job_hash"]] = r
+    failed = [r for r in res if r["status"] == "FAILED"]
+    unknown = [r["job_hash"] for r in res if r["job_hash"] not in expected]
+    if unknown:  # the job and the runner disagree on a job's identity: say so instead of losing its result
+        failed.append({"reason": f"the task reported job hash(es) {', '.join(unknown)}, the runner expected "
+                                 f"{', '.join(sorted(expected))}"})
+    state = "failed" if failed else "done"
+    say(f"[{state}] {name}" + (f": {failed[0]['reason']}" if failed else ""))
+    if failed:
+        say(indent(log_tail(job)))
+
+
+def reconcile(experiment: str, results: list[dict], say, since_ms: int) -> None:
+    """Make the runner's statuses and MLflow's agree, job by job.
+
+    - A job's run that MLflow holds as FINISHED is FINISHED, even if its task's result was lost (the metrics are
+      read back from MLflow).
+    - A task that failed or died (killed, out of memory, timed out) may leave its run RUNNING or KILLED: the run is
+      marked FAILED with the reason (it stays resumable: the next attempt continues it from its checkpoint).
+    - A job whose task reported FINISHED but whose run is not FINISHED is FAILED, with MLflow's reason.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    for r in results:
+        if r["status"] not in ("FINISHED", "FAILED"):
+            continue
+        if r.get("run_id"):
+            runs = [client.get_run(r["run_id"])]
+        else:  # a run this job left open, or one it started (and closed) during this grid
+            runs = []
+            for extra in ("attributes.status = 'RUNNING'", f"attributes.start_time >= {since_ms}"):
+                runs = runs or client.search_runs([exp.experiment_id], f"tags.job_hash = '{r['job_hash']}' and "
+                                                  f"{extra}", max_results=1, order_by=["attributes.start_time DESC"])
+        if not runs:
+            continue
+        run = runs[0]
+        r["run_id"], status = run.info.run_id, run.info.status
+        if status == "FINISHED" and r["status"] != "FINISHED":
+            say(f"[note] {r['job_hash'][:8]}: the task reported {r['status']} ({r.get('reason', '')}), but MLflow run "
+                f"{run.info.run_id} FINISHED: reporting FINISHED")
+            r.update(status="FINISHED", reason="", metrics=dict(run.data.metrics))
+        elif status != "FINISHED" and r["status"] == "FINISHED":
+            reason = run.data.tags.get("failure_reason") or f"its MLflow run ended {status}"
+            say(f"[note] {r['job_hash'][:8]}: the task reported FINISHED, but MLflow run {run.info.run_id} is "
+                f"{status}: reporting FAILED")
+            r.update(status="FAILED", reason=reason)
+        if r["status"] == "FAILED" and status != "FAILED":
+            reason = r.get("reason") or "its process ended without closing the run"
+            client.set_tag(run.info.run_id, "failure_reason", f"the job's process ended: {reason}"[:5000])
+            client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def cpu_fallback(cfg: RunConfig, result: dict, gpus: list[str], executor: str, cluster: dict,
+                 pool: LocalGpus) -> str | None:
+    """Why a ``device: auto`` job trained on the CPU while this process sees GPUs (None when it did not)."""
+    if cfg.device != "auto" or not gpus or result.get("device") != "cpu":
+        return None
+    if executor == "slurm":
+        return ("the cluster profile gives jobs no GPU (set gpus_per_node)" if not cluster.get("gpus_per_node")
+                else "the job's node showed no GPU to torch")
+    return pool.fallback_reason(cfg) or "the job's process showed no GPU to torch"
+
+
 def indent(text: str) -> str:
     return "\n".join("    | " + line for line in text.splitlines())
 
 
 def summary_table(results: list[dict]) -> str:
-    head = f"{'variant':26s} {'data':8s} {'seed':>4s} {'status':9s} {'FID':>8s} {'s/batch':>8s} {'train s':>8s}  run id"
+    head = (f"{'variant':26s} {'data':8s} {'seed':>4s} {'status':9s} {'device':6s} {'FID':>8s} {'s/batch':>8s} "
+            f"{'train s':>8s}  run id")
     lines = [head, "-" * len(head)]
     for r in results:
         m = r.get("metrics") or {}
@@ -460,7 +658,8 @@ def summary_table(results: list[dict]) -> str:
         def f(k, fmt):
             return format(m[k], fmt) if k in m else "-"
 
-        lines.append(f"{r['variant']:26s} {r['dataset']:8s} {r['seed']:>4d} {r['status']:9s} {f('fid', '8.3f')} "
+        lines.append(f"{r['variant']:26s} {r['dataset']:8s} {r['seed']:>4d} {r['status']:9s} "
+                     f"{r.get('device') or '-':6s} {f('fid', '8.3f')} "
                      f"{f('time_mean_s', '8.3f')} {f('train_wall_clock_s', '8.1f')}  {r.get('run_id') or '-'}")
         if r["status"] == "FAILED" and r.get("reason"):
             lines.append(f"    reason: {r['reason']}")
@@ -510,12 +709,16 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run_table(configs))
             return 0
         executor = resolve_executor(executor)
+        problems = device_problems(configs, executor, cluster, visible_gpus())
+        if problems:
+            raise ConfigError(problems, f"grid {grid.path}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     max_parallel = args.max_parallel or int(grid.executor.get("max_parallel", 1))
+    where = f", this machine shows {gpu_census(visible_gpus())}" if executor == "local" else ""
     print(f"grid {grid.name}: {len(configs)} jobs, executor {executor}, max parallel {max_parallel}, "
-          f"tracking {tracking_uri()}", flush=True)
+          f"tracking {tracking_uri()}{where}", flush=True)
     results, parent_id = run_grid(grid, configs, executor=executor, max_parallel=max_parallel, cluster=cluster,
                                   force=args.force)
     print()

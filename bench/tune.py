@@ -407,7 +407,7 @@ class _Driver:
         from mlflow.tracking import MlflowClient
 
         from bench.job import runs_root
-        from bench.run import make_executor
+        from bench.run import LocalGpus, make_executor, visible_gpus
 
         self.tc, self.study, self.kind = tc, study, executor_kind
         self.max_parallel, self.out = max_parallel, out
@@ -418,10 +418,11 @@ class _Driver:
         folder = runs_root() / "submitit" / f"tune-{tc.study}-{stamp}"
         self.executor = make_executor(executor_kind, folder, cluster, float(tc.executor.timeout_min))
         self.cluster = cluster
-        self.env = {"MLFLOW_TRACKING_URI": tracking_uri()}
-        for k in ("WAVEBENCH_RUNS", "WAVEBENCH_CACHE", "WAVEBENCH_ARTIFACT_ROOT"):
-            if k in os.environ:
-                self.env[k] = os.environ[k]
+        from bench.run import job_environment
+
+        self.env = job_environment()
+        self.gpus = LocalGpus(visible_gpus() if executor_kind == "local" else [])
+        self.probe = _resolve_trial_job(tc, 1.0)  # every trial has this device and process count
         self.in_flight: dict[int, _InFlight] = {}
         self.waiting: list[tuple[Any, float, str, int]] = []  # (trial, lam, job hash, number of the same job)
         self.ran = 0
@@ -513,7 +514,9 @@ class _Driver:
             return
         tags = {"study": self.tc.study, "study_uid": self.uid, "trial_number": trial.number, "kind": "trial",
                 "executor": self.kind}
-        task = JobTask([to_dict(cfg)], self.tc.experiment, self.parent.run_id, tags, False, self.env)
+        task = JobTask([to_dict(cfg)], self.tc.experiment, self.parent.run_id, tags, False, self.env, [h])
+        if self.kind == "local":
+            self.gpus.assign(trial.number, task, cfg, self.executor)
         set_processes(self.executor, self.cluster, cfg.processes)
         job = self.executor.submit(task)
         trial.set_user_attr("executor", self.kind)
@@ -723,6 +726,7 @@ class _Driver:
         from optuna.trial import TrialState
 
         self.in_flight.pop(r.trial.number, None)
+        self.gpus.release(r.trial.number)
         self.ran += 1
         frozen = self.study.trials[r.trial.number]
         for w in [w for w in self.waiting if w[3] == r.trial.number]:
@@ -785,7 +789,8 @@ class _Driver:
                  f"trials, running {to_ask} more (n_trials {self.tc.n_trials}), executor {self.kind}, "
                  f"max parallel {self.max_parallel}")
         while (to_ask or self.in_flight or self.waiting) and not stop.is_set():
-            while to_ask and len(self.in_flight) + len(self.waiting) < self.max_parallel and not stop.is_set():
+            while (to_ask and len(self.in_flight) + len(self.waiting) < self.max_parallel
+                   and self.gpus.available(self.probe) and not stop.is_set()):
                 self.ask()
                 to_ask -= 1
             for r in list(self.in_flight.values()):
