@@ -380,7 +380,8 @@ class LocalGpus:
         return True
 
     def release(self, key: int) -> None:
-        self.free += self.held.pop(key, [])
+        back = set(self.free) | set(self.held.pop(key, []))
+        self.free = [g for g in self.gpus if g in back]  # in the machine's order
 
     def fallback_reason(self, cfg: RunConfig) -> str | None:
         """Why an ``auto`` job will run on the CPU although this machine has GPUs (None if it will not)."""
