@@ -28,6 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from models.noise import randn, randn_like
+
 __all__ = ["DDGANScheduleConfig", "DDGANProcess", "vp_time_grid", "vp_betas"]
 
 
@@ -130,7 +132,7 @@ class DDGANProcess:
         """Draw x_t ~ q(x_t | x_{t+1}, x_0); no noise where t == 0."""
         mean, _, log_var = self.posterior_mean_variance(x0, x_tp1, t)
         if noise is None:
-            noise = torch.randn(x_tp1.shape, generator=generator, device=x_tp1.device, dtype=x_tp1.dtype)
+            noise = randn_like(x_tp1, generator)
         nonzero = (t.to(x_tp1.device) != 0).to(x_tp1.dtype).view(-1, *([1] * (x_tp1.dim() - 1)))
         return mean + nonzero * torch.exp(0.5 * log_var) * noise
 
@@ -140,13 +142,14 @@ class DDGANProcess:
                x_T: torch.Tensor, nz: int, generator_rng: torch.Generator | None = None) -> torch.Tensor:
         """Run the T steps from x_T: ``x_0 = G(x, t, z)`` with fresh z (B, nz), then posterior sampling.
 
-        ``generator_rng`` (a torch.Generator on x_T's device) drives both z and the posterior noise.
+        ``generator_rng`` drives both z and the posterior noise (drawn on its device: a CPU generator gives the
+        same samples on any device, see models/noise.py).
         """
         x = x_T
         b = x.shape[0]
         for i in reversed(range(self.num_timesteps)):
             t = torch.full((b,), i, dtype=torch.long, device=x.device)
-            z = torch.randn(b, nz, generator=generator_rng, device=x.device, dtype=x.dtype)
+            z = randn((b, nz), x, generator_rng)
             x0 = generator(x, t, z)
             x = self.posterior_sample(x0, x, t, generator=generator_rng)
         return x

@@ -18,6 +18,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from models.noise import randn_like
+
 __all__ = [
     "DDPMConfig", "make_betas", "GaussianDiffusion", "timestep_sequence", "ddim_sigma",
     "ddpm_sample", "ddim_sample", "SAMPLERS", "SPACINGS",
@@ -137,7 +139,7 @@ class GaussianDiffusion:
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
-            noise = _randn(x0, generator)
+            noise = randn_like(x0, generator)
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, t)
         mse = F.mse_loss(out, self.training_targets(x0, t, noise))
@@ -186,13 +188,6 @@ def ddim_sigma(ab_t: float, ab_s: float, eta: float) -> float:
     return eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(max(1 - ab_t / ab_s, 0.0))
 
 
-def _randn(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise like x, drawn on the generator's device (so a CPU generator gives the same
-    numbers on any device)."""
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
-
-
 def _timestep_batch(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
@@ -214,7 +209,7 @@ def ddpm_sample(diffusion: GaussianDiffusion, model: Denoiser, x_T: torch.Tensor
         tb = _timestep_batch(t, x)
         x0_hat = diffusion.predict_x0(model(x, tb), x, tb)
         mean, var = diffusion.q_posterior(x0_hat, x, tb)
-        x = mean + var.sqrt() * _randn(x, generator) if t > 0 else mean
+        x = mean + var.sqrt() * randn_like(x, generator) if t > 0 else mean
         if callback is not None:
             callback({"i": i, "t": t, "t_next": t - 1, "x": x, "x0_hat": x0_hat})
     return x
@@ -245,7 +240,7 @@ def ddim_sample(diffusion: GaussianDiffusion, model: Denoiser, x_T: torch.Tensor
         sigma = ddim_sigma(ab_t, ab_s, eta)
         x = math.sqrt(ab_s) * x0_hat + math.sqrt(max(1 - ab_s - sigma ** 2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * _randn(x, generator)
+            x = x + sigma * randn_like(x, generator)
         if callback is not None:
             callback({"i": i, "t": t, "t_next": s, "x": x, "x0_hat": x0_hat})
     return x

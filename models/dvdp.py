@@ -28,7 +28,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from models.ddpm import SPACINGS, DDPMConfig, GaussianDiffusion, _randn, _timestep_batch, timestep_sequence
+from models.ddpm import SPACINGS, DDPMConfig, GaussianDiffusion, _timestep_batch, timestep_sequence
+from models.noise import randn_like
 
 __all__ = [
     "DVDPConfig", "DVDPProcess", "down2", "up2", "project_coarse", "ramp_bounds", "attenuation_table",
@@ -304,7 +305,7 @@ class DVDPProcess:
         if t.numel() == 1 and B != 1:
             t = t.expand(B)
         if noise is None:
-            noise = _randn(x0, generator)
+            noise = randn_like(x0, generator)
         stages = self.stage_of(t)
         total = x0.new_zeros(())
         x0_hat = torch.zeros_like(x0)
@@ -361,7 +362,7 @@ class DVDPProcess:
     def _lift(self, y: torch.Tensor, t: int, generator: Optional[torch.Generator]) -> torch.Tensor:
         """Turning point t: y (stage s) -> U y + sqrt(1 - ab_t) (z - P z) (stage s - 1); exact because the
         detail of the stage s - 1 state at t is pure noise (lam = 0) independent of D x_t = y."""
-        z = _randn(up2(y), generator)
+        z = randn_like(up2(y), generator)
         return up2(y) + math.sqrt(1.0 - float(self.alphas_cumprod[t])) * (z - project_coarse(z))
 
     @torch.no_grad()
@@ -398,7 +399,7 @@ class DVDPProcess:
             ac_u, ad_u, s_u = self._scales(u, s)   # u = t_s at a turning point: lam^{(s)} is 1 there
             coarse = self._step_coefs(ac_t, ac_u, s_t, s_u, ddim, eta)
             detail = self._step_coefs(ad_t, ad_u, s_t, s_u, ddim, eta) if s < K else coarse
-            noise = _randn(x, generator) if coarse[3] > 0 or detail[3] > 0 else None
+            noise = randn_like(x, generator) if coarse[3] > 0 or detail[3] > 0 else None
             terms = (x, z_hat, eps_hat, noise)
             x = _combine(coarse, terms)
             if detail != coarse:                     # P (coarse update) + (I - P) (detail update)
