@@ -9,6 +9,20 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are collected everywhere and skipped, with the reason, where torch sees no GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from bench.evaluate import no_cuda_reason
+
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {no_cuda_reason()} (make gpu-check runs these on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small tensors: one intra-op thread is much faster than two on a shared, busy CPU."""

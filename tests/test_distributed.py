@@ -23,14 +23,15 @@ TESTS = Path(__file__).parent
 WORKER = TESTS / "ddp_worker.py"
 
 
-def launch(*args) -> None:
-    """Both ranks of the worker, as torchrun would start them; fails with the ranks' output."""
+def launch(*args, world: int = 2, device: str = "cpu") -> None:
+    """Every rank of the worker, as torchrun would start them; fails with the ranks' output."""
     port = free_port()
     procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+               "WAVEBENCH_TEST_DEVICE": device, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
+               "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # deterministic cuBLAS, for exact comparisons on GPUs
         procs.append(subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outs = []
@@ -109,14 +110,21 @@ def test_ddp_gradient_is_the_full_batch_gradient(tmp_path, one_thread):
 
 @pytest.mark.parametrize("variant", ["wavediff", "ddpm"])
 def test_two_ranks_stay_in_step_stop_together_and_resume_exactly(tmp_path, variant, one_thread):
+    check_two_ranks(tmp_path, variant, "cpu")
+
+
+def check_two_ranks(tmp_path, variant: str, device: str) -> None:
+    """Two ranks (gloo on CPUs, NCCL on two GPUs): identical weights after training, a stop request on rank 1
+    stops both at the same step, fresh processes resume from the checkpoint to the uninterrupted result, and the
+    logged losses are the same on both ranks."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    launch("train", straight, variant, 4)
-    launch("train", split, variant, 4, 2)  # rank 1 alone is asked to stop after 2 steps
+    launch("train", straight, variant, 4, device=device)
+    launch("train", split, variant, 4, 2, device=device)  # rank 1 alone is asked to stop after 2 steps
     first = [json.loads((split / f"result-{r}.json").read_text()) for r in (0, 1)]
     assert [(f["step"], f["interrupted"]) for f in first] == [(2, True), (2, True)]
     ckpt = torch.load(sorted((split / "work").glob("ckpt-*.pt"))[-1], weights_only=True)
     assert ckpt["step"] == 2 and len(ckpt["rng_ranks"]) == 2  # every rank's RNG state, for an exact resume
-    launch("train", split, variant, 4)  # fresh processes resume from the checkpoint
+    launch("train", split, variant, 4, device=device)  # fresh processes resume from the checkpoint
     res = [json.loads((split / f"result-{r}.json").read_text()) for r in (0, 1)]
     assert [(r["step"], r["resumed_from"]) for r in res] == [(4, 2), (4, 2)]
 

@@ -10,28 +10,37 @@ from bench.train import BatchStream, Checkpointer, NonFiniteLoss, run_loop, trai
 from conftest import micro
 
 
-def _train(cfg, workdir, stop_after=None):
-    torch.manual_seed(cfg.seed)
-    system = registry.build(cfg)
+def _train(cfg, workdir, stop_after=None, device="cpu"):
+    torch.manual_seed(cfg.seed)  # seeds the CUDA generators too
+    system = registry.build(cfg).to(torch.device(device))
     stream = BatchStream(load_dataset(cfg.data), cfg.train.batch_size, cfg.seed)
     calls = []
     stop = None if stop_after is None else (lambda: calls.append(1) or len(calls) > stop_after)
-    res = train_gan(cfg, system, stream, NullTracker(), workdir, torch.device("cpu"), should_stop=stop,
+    res = train_gan(cfg, system, stream, NullTracker(), workdir, torch.device(device), should_stop=stop,
                     progress=False)
     return system, res
 
 
-def test_resume_gives_the_same_next_step(tmp_path):
-    cfg = registry.resolve(micro("wavediff", **{"train.checkpoint_every": 2, "train.lazy_reg": 2,
-                                                "train.max_steps": 5}))
-    straight, r1 = _train(cfg, tmp_path / "a")
-    _, first = _train(cfg, tmp_path / "b", stop_after=3)  # interrupted after 3 steps (checkpoint at the stop)
-    resumed, r2 = _train(cfg, tmp_path / "b")             # a fresh process state resumes from step 3
+def check_resume_is_exact(tmp_path, device: str) -> None:
+    """Straight through 5 steps == 3 steps, stop, resume in a fresh state, 2 more steps: every weight equal, and
+    the device's RNG state at the end equal (it was saved with the checkpoint and restored)."""
+    cfg = registry.resolve(micro("wavediff", device=device, **{"train.checkpoint_every": 2, "train.lazy_reg": 2,
+                                                               "train.max_steps": 5}))
+    rng = (lambda: torch.cuda.get_rng_state()) if device == "cuda" else torch.get_rng_state
+    straight, r1 = _train(cfg, tmp_path / "a", device=device)
+    end_rng = rng()
+    _, first = _train(cfg, tmp_path / "b", stop_after=3, device=device)  # interrupted after 3 steps
+    resumed, r2 = _train(cfg, tmp_path / "b", device=device)             # reseeded, resumes from step 3
     assert (r1.step, first.step, first.interrupted, r2.step, r2.resumed_from) == (5, 3, True, 5, 3)
+    assert torch.equal(rng(), end_rng), "the RNG state after resuming differs from the uninterrupted run's"
     for name in ("G", "D", "G_ema"):
         for (n, a), (_, b) in zip(straight.modules()[name].state_dict().items(),
                                   resumed.modules()[name].state_dict().items()):
-            assert torch.equal(a, b), f"{name}.{n} differs after resume"
+            assert a.device.type == device and torch.equal(a, b), f"{name}.{n} differs after resume"
+
+
+def test_resume_gives_the_same_next_step(tmp_path):
+    check_resume_is_exact(tmp_path, "cpu")
 
 
 def test_batches_are_deterministic_and_cover_epochs():
