@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test ui clean tables table-cifar10 table-ablation table-wddm table-dvdp table-ddim plots bench-perf slurm-up slurm-down
+.PHONY: setup demo test ui gpu-check clean tables table-cifar10 table-ablation table-wddm table-dvdp table-ddim plots bench-perf slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# On a machine with an NVIDIA GPU: versions, the cuda-marked tests, a two-variant grid on the GPU, the table.
+# Uses .venv when it exists, else $(PY) (e.g. a GPU image's python with torch preinstalled: make gpu-check PY=python3);
+# it installs nothing and says what is missing.
+gpu-check:
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) -m bench.gpu_check
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
