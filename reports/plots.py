@@ -1,5 +1,6 @@
 """Plots from MLflow (seaborn, PNG): FID vs sampling time with the Pareto front, FID during training (against
-training wall-clock and against training steps), FID vs DDIM steps, GFLOPs per sample.
+training wall-clock and against training steps), FID vs DDIM steps, GFLOPs per sample, and, where runs logged the
+``dinov2`` metric set, the variants' FID rank against their FD-DINOv2 rank with Kendall's tau.
 
     python -m reports.plots [--dataset digits] [--experiment NAME] [--out DIR] [--filter STR] [--log]
 
@@ -23,14 +24,15 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
+from scipy.stats import kendalltau, rankdata  # noqa: E402
 
 from reports import query  # noqa: E402
-from reports.table import OUT_DIR, load_published  # noqa: E402
+from reports.table import DINOV2_MEASURES, MEASURES, OUT_DIR, load_published  # noqa: E402
 
 __all__ = ["PLOTS", "pareto_front", "plot_fid_vs_time", "plot_convergence", "plot_ddim_steps", "plot_gflops",
-           "make_plots", "main"]
+           "rank_comparison", "plot_rank_fid_vs_fd_dinov2", "make_plots", "main"]
 
-PLOTS = ("fid_vs_time", "convergence", "fid_vs_ddim_steps", "gflops")
+PLOTS = ("fid_vs_time", "convergence", "fid_vs_ddim_steps", "gflops", "rank_fid_vs_fd_dinov2")
 DDIM_FILL = "python -m bench.run --grid experiments/ddim_steps.yaml"
 
 
@@ -58,12 +60,12 @@ def _panels(n: int, width: float = 6.0, height: float = 4.6):
     return fig, list(axes[0])
 
 
-def _finish(fig, path: Path, handles: list | None = None) -> Path:
+def _finish(fig, path: Path, handles: list | None = None, metadata: dict | None = None) -> Path:
     if handles:
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
     return path
 
@@ -276,6 +278,71 @@ def plot_gflops(agg: pd.DataFrame, path: Path) -> Path | None:
     return _finish(fig, path, handles)
 
 
+def rank_comparison(agg: pd.DataFrame) -> list[dict]:
+    """Per protocol and DINOv2 model, the variants whose runs logged both FID and FD-DINOv2 (the FID of those same
+    runs), ranked by each (1 = lowest = best; ties share their mean rank), and Kendall's tau between the two
+    rankings (``scipy.stats.kendalltau``, tau-b). A panel needs two variants. Each dict: protocol, model, points
+    (variant, fid, fd_dinov2, rank_fid, rank_fd_dinov2), tau, p."""
+    panels = []
+    for p, g in _groups(agg):
+        by_model: dict[str, list] = {}
+        for _, a in g.iterrows():
+            for model, st in (a["dinov2"] or {}).items():
+                if np.isfinite(st["fid_mean"]) and np.isfinite(st["fd_dinov2_mean"]):
+                    by_model.setdefault(model, []).append((a["variant"], st["fid_mean"], st["fd_dinov2_mean"]))
+        for model, pts in sorted(by_model.items()):
+            if len(pts) < 2:
+                continue
+            d = pd.DataFrame(sorted(pts, key=lambda t: query.natural_key(t[0])),
+                             columns=["variant", "fid", "fd_dinov2"])
+            d["rank_fid"], d["rank_fd_dinov2"] = rankdata(d["fid"]), rankdata(d["fd_dinov2"])
+            tau, pval = kendalltau(d["fid"], d["fd_dinov2"])
+            panels.append({"protocol": p, "model": model, "points": d, "tau": float(tau), "p": float(pval)})
+    return panels
+
+
+def _tau_text(panel: dict, digits: int = 2) -> str:
+    n = len(panel["points"])
+    if not np.isfinite(panel["tau"]):
+        return f"Kendall's tau undefined (one ranking is all ties), {n} variants"
+    return f"Kendall's tau = {panel['tau']:.{digits}f} (p = {panel['p']:.2g}, {n} variants)"
+
+
+def plot_rank_fid_vs_fd_dinov2(panels: list[dict], path: Path) -> Path | None:
+    """Slope chart, one panel per protocol and DINOv2 model (:func:`rank_comparison`): each variant's FID rank
+    (left) joined to its FD-DINOv2 rank (right), rank 1 = best at the top, values beside the names; a variant
+    whose rank changes is a solid line, one that keeps it dashed; Kendall's tau in the title."""
+    if not panels:
+        return None
+    palette = _palette([v for panel in panels for v in panel["points"]["variant"]])
+    n_max = max(len(panel["points"]) for panel in panels)
+    fig, axes = _panels(len(panels), width=6.4, height=max(3.8, 0.42 * n_max + 2.6))
+    fid_fmt, fd_fmt = MEASURES["fid"].fmt, DINOV2_MEASURES["fd_dinov2"].fmt
+    for ax, panel in zip(axes, panels):
+        p, d = panel["protocol"], panel["points"]
+        for r in d.itertuples():
+            moved = r.rank_fid != r.rank_fd_dinov2
+            ax.plot([0, 1], [r.rank_fid, r.rank_fd_dinov2], marker="o", color=palette[r.variant],
+                    linewidth=2.2 if moved else 1.2, linestyle="-" if moved else "--")
+            ax.annotate(f"{r.variant}  {fid_fmt(r.fid)}", (0, r.rank_fid), xytext=(-8, 0), textcoords="offset points",
+                        ha="right", va="center", fontsize=7)
+            ax.annotate(f"{fd_fmt(r.fd_dinov2)}  {r.variant}", (1, r.rank_fd_dinov2), xytext=(8, 0),
+                        textcoords="offset points", ha="left", va="center", fontsize=7)
+        ax.set_xlim(-1.1, 2.1)
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels([f"FID rank\n({p.backbone})", f"FD-DINOv2 rank\n({panel['model']})"], fontsize=8)
+        ax.set_ylim(len(d) + 0.6, 0.4)
+        ax.set_yticks(range(1, len(d) + 1))
+        ax.set_ylabel("rank (1 = lowest = best)")
+        ax.grid(axis="x", visible=False)
+        ax.set_title(f"{_title(p)}\n{_tau_text(panel)}", fontsize=9)
+    handles = [Line2D([], [], color="grey", linewidth=2.2, label="rank changes"),
+               Line2D([], [], color="grey", linewidth=1.2, linestyle="--", label="same rank")]
+    meta = {"Description": "; ".join(f"{panel['protocol'].label()} | {panel['model']}: Kendall tau = "
+                                     f"{panel['tau']!r}, p = {panel['p']!r}" for panel in panels)}
+    return _finish(fig, path, handles, metadata=meta)
+
+
 # ============================================================================================== driver
 
 def make_plots(experiment: str | None = None, datasets: list[str] | None = None, out_dir: str | Path = OUT_DIR,
@@ -297,10 +364,16 @@ def make_plots(experiment: str | None = None, datasets: list[str] | None = None,
         "fid_vs_ddim_steps": plot_ddim_steps(agg, out / f"fid_vs_ddim_steps-{suffix}.png"),
         "gflops": plot_gflops(agg, out / f"gflops-{suffix}.png"),
     }
+    ranks = rank_comparison(agg)
+    result["rank_fid_vs_fd_dinov2"] = plot_rank_fid_vs_fd_dinov2(ranks, out / f"rank_fid_vs_fd_dinov2-{suffix}.png")
+    for panel in ranks:
+        print(f"FID rank vs FD-DINOv2 rank, {panel['protocol'].label()}, {panel['model']}: {_tau_text(panel, 3)}")
     why = {"fid_vs_time": "no run logged both fid and time_mean_s",
            "convergence": "no run logged fid or fid_intermediate with train_wall_clock_s at the same step",
            "fid_vs_ddim_steps": f"no ddpm / ddim-N runs (fill with: {DDIM_FILL})",
-           "gflops": "no run logged gflops_per_sample"}
+           "gflops": "no run logged gflops_per_sample",
+           "rank_fid_vs_fd_dinov2": "no protocol has two variants whose runs logged fid and the dinov2 metric set "
+                                    "(eval.metrics.sets: [paper, dinov2])"}
     for k, v in result.items():
         if v is None:
             print(f"skipped {k}: {why[k]}", file=sys.stderr)

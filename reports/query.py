@@ -11,6 +11,13 @@ Scope: every experiment of the store (one store = one place: ``make demo``'s exp
 
 Selection rule: the latest FINISHED run per (protocol, variant, seed), whichever experiment it is in; the seeds
 are then aggregated into mean, standard deviation (ddof 1) and count.
+
+The ``dinov2`` metric set (:data:`DINOV2_METRICS`, ``eval.metrics.sets: [paper, dinov2]``) is measured beside the
+paper set on the same generated samples, so it does not split a protocol: a run without it stays in its section.
+Its features are part of its own protocol, though: per (protocol, variant) its values are aggregated separately
+for each DINOv2 model (``dinov2`` column of :func:`aggregate`), never across models. The model is read from the tag
+``metric_backbone_dinov2`` when the run has one, else from the run's configured ``eval.metrics.dinov2_model``,
+else it is :data:`DINOV2_NOT_RECORDED`.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ import pandas as pd
 
 from bench.tracking import tracking_uri
 
-__all__ = ["METRICS", "PRESET_OF", "NOT_ROWS", "OTHER_EXPERIMENTS", "DEFAULT_REPORT_EXPERIMENT", "Protocol",
+__all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "PRESET_OF", "NOT_ROWS", "OTHER_EXPERIMENTS",
+           "DEFAULT_REPORT_EXPERIMENT", "Protocol",
            "scope_label", "load_runs", "select_latest", "aggregate", "protocols", "metric_history",
            "CONVERGENCE_COLUMNS", "convergence", "log_report_artifacts", "natural_key"]
 
@@ -32,6 +40,11 @@ METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "nfe", "gflops_p
            "params_discriminator", "params_denoiser", "time_mean_s", "time_std_s", "time_median_s", "time_min_s",
            "time_max_s", "train_steps", "train_epochs", "train_wall_clock_s", "train_images_per_s",
            "train_s_per_epoch")
+
+# The dinov2 metric set (bench.metrics.SCORE_KEYS["dinov2"]), read from every run that logged it; aggregated per
+# DINOv2 model (see the module doc), so they are not in METRICS.
+DINOV2_METRICS = ("fd_dinov2", "precision_dinov2", "recall_dinov2", "density_dinov2", "coverage_dinov2")
+DINOV2_NOT_RECORDED = "DINOv2 (backbone not recorded)"
 
 # The paper configuration a data set runs (bench.registry.DATASET_PRESETS); identity otherwise.
 PRESET_OF = {"digits": "cifar10"}
@@ -88,7 +101,7 @@ def _client(uri: str | None):
 _BASE_COLUMNS = ["run_id", "run_name", "experiment", "start_time", "status", "variant", "dataset", "scale",
                  "family", "paper", "published_row", "seed", "parent_run_id", "grid", "backbone", "backbone_fid",
                  "implementation", "samples", "timing_device", "timing_batch", "timing_repeats", "timing_warmup",
-                 "protocol", "params"]
+                 "protocol", "params", "dinov2_model", "backbone_dinov2"]
 
 
 def scope_label(experiment: str | None) -> str:
@@ -116,7 +129,7 @@ def load_runs(experiment: str | None = None, *, datasets: list[str] | None = Non
     """
     client = _client(uri)
     exps = _experiments(client, experiment)
-    cols = _BASE_COLUMNS + list(METRICS)
+    cols = _BASE_COLUMNS + list(METRICS) + list(DINOV2_METRICS)
     if not exps or (run_ids is not None and not run_ids):
         return pd.DataFrame(columns=cols)
     clauses = ["attributes.status = 'FINISHED'"]
@@ -170,9 +183,25 @@ def _record(run, experiment: str) -> dict | None:
         "timing_warmup": params.get("eval.timing.warmup", "?"),
         "protocol": proto, "params": dict(params),
     }
-    for m in METRICS:
+    for m in METRICS + DINOV2_METRICS:
         rec[m] = float(metrics[m]) if m in metrics else np.nan
+    logged = any(m in metrics for m in DINOV2_METRICS)
+    rec["dinov2_model"], rec["backbone_dinov2"] = _dinov2_backbone(tags, params) if logged else ("", "")
     return rec
+
+
+def _dinov2_backbone(tags: dict, params: dict) -> tuple[str, str]:
+    """(model, description) of the DINOv2 features of a run's dinov2 metrics: the tag ``metric_backbone_dinov2``
+    (bench.metrics' ``backbone_dinov2``: "<model> (<features>; weights <file> <fingerprint>)"), else the run's
+    configured ``eval.metrics.dinov2_model`` (the model bench.metrics loads; its weights file is not recorded),
+    else :data:`DINOV2_NOT_RECORDED`."""
+    tag = (tags.get("metric_backbone_dinov2") or "").strip()
+    if tag:
+        return tag.split(" (")[0].strip() or tag, tag
+    model = (params.get("eval.metrics.dinov2_model") or "").strip()
+    if model:
+        return model, f"{model} (eval.metrics.dinov2_model of the run's config; weights not recorded)"
+    return DINOV2_NOT_RECORDED, DINOV2_NOT_RECORDED
 
 
 def select_latest(runs: pd.DataFrame) -> pd.DataFrame:
@@ -203,12 +232,30 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
                "implementation": first["implementation"], "timing_repeats": first["timing_repeats"],
                "timing_warmup": first["timing_warmup"]}
         for m in METRICS:
-            vals = g[m].astype(float).dropna().to_numpy()
-            rec[f"{m}_mean"] = float(vals.mean()) if len(vals) else np.nan
-            rec[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else np.nan
-            rec[f"{m}_n"] = len(vals)
+            rec.update(_stats(g[m], m))
+        rec["dinov2"] = _dinov2_stats(g)
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def _stats(values: pd.Series, key: str) -> dict:
+    vals = values.astype(float).dropna().to_numpy()
+    return {f"{key}_mean": float(vals.mean()) if len(vals) else np.nan,
+            f"{key}_std": float(vals.std(ddof=1)) if len(vals) > 1 else np.nan, f"{key}_n": len(vals)}
+
+
+def _dinov2_stats(g: pd.DataFrame) -> dict[str, dict]:
+    """DINOv2 model -> the dinov2 metrics of the runs of ``g`` measured with it (``<metric>_mean``, ``_std``,
+    ``_n``), the paper ``fid`` of the same runs (so both rankings rest on one set of runs), ``n`` (runs),
+    ``backbones`` (their descriptions), ``k`` (``eval.metrics.dinov2_neighborhood``) and ``run_ids``."""
+    out: dict[str, dict] = {}
+    for model, r in g[g["dinov2_model"].astype(str) != ""].groupby("dinov2_model", sort=True):
+        rec: dict = {"n": len(r), "backbones": sorted(set(r["backbone_dinov2"])), "run_ids": r["run_id"].tolist(),
+                     "k": sorted({str(p.get("eval.metrics.dinov2_neighborhood", "?")) for p in r["params"]})}
+        for m in DINOV2_METRICS + ("fid",):
+            rec.update(_stats(r[m], m))
+        out[str(model)] = rec
+    return out
 
 
 def protocols(runs: pd.DataFrame) -> list[Protocol]:

@@ -2,7 +2,7 @@
 
     python -m reports.table --dataset cifar10 [--table NAME|all] [--format md|latex|html|csv] [--wide]
                             [--experiment NAME] [--out DIR] [--filter "tags.grid = 'cifar10'"] [--measured-only]
-                            [--log]
+                            [--metrics paper|dinov2] [--log]
 
 Tables (``reports/published.yaml``): cifar10, stl10, celebahq256, celebahq512, celebahq1024, lsun_church,
 ablation, wddm, dvdp, ddim. Published values sit in columns labelled "(published)", counts from the public code
@@ -17,6 +17,11 @@ for the image tables), each published value beside its measured twin, and the me
 rounded as the papers print it. ``--wide`` adds every other column (precision, KID, GFLOPs, parameters,
 training wall-clock, reference counts, the published speed-up, the number of runs). ``--measured-only`` keeps
 only the measured rows and columns (what ``make demo`` prints). CSV always carries every number.
+
+``--metrics dinov2`` adds, after those columns, the runs' ``dinov2`` metric set (FD-DINOv2, and precision, recall,
+density and coverage in DINOv2 features): measured only (the papers publish none), one group of five columns per
+DINOv2 model a section's runs used, each header naming that model; the footer names its features, k and sample
+counts. A run that did not log the set shows "not logged". Files get ``-dinov2`` in their name.
 """
 from __future__ import annotations
 
@@ -36,8 +41,9 @@ from bench.tracking import REPO_ROOT
 from reports import query
 from reports.query import PRESET_OF, Protocol
 
-__all__ = ["PUBLISHED_YAML", "OUT_DIR", "FORMATS", "Measure", "MEASURES", "Section", "Report", "load_published",
-           "table_names", "table_for_dataset", "build_report", "render", "write_report", "main"]
+__all__ = ["PUBLISHED_YAML", "OUT_DIR", "FORMATS", "Measure", "MEASURES", "DINOV2_MEASURES", "METRIC_VIEWS", "Section",
+           "Report", "load_published", "table_names", "table_for_dataset", "build_report", "render", "write_report",
+           "main"]
 
 PUBLISHED_YAML = Path(__file__).with_name("published.yaml")
 OUT_DIR = REPO_ROOT / "reports" / "out"
@@ -117,6 +123,22 @@ MEASURES: dict[str, Measure] = {
     "fid_eta1": Measure("FID eta=1", (), _fixed(2), _fixed(2)),
     "fid_sigma_hat": Measure("FID sigma-hat", (), _fixed(2), _fixed(2)),
 }
+
+
+def _fd(v: float) -> str:
+    """FD-DINOv2: two decimals (dgm-eval and EDM2 print e.g. 52.25), one from 1000 on."""
+    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.2f}"
+
+
+# --metrics dinov2: measured-only columns, keyed by MLflow metric (query.DINOV2_METRICS). Density may exceed 1.
+DINOV2_MEASURES: dict[str, Measure] = {
+    "fd_dinov2": Measure("FD-DINOv2", ("fd_dinov2",), _fd),
+    "precision_dinov2": Measure("Precision", ("precision_dinov2",), _fixed(2)),
+    "recall_dinov2": Measure("Recall", ("recall_dinov2",), _fixed(2)),
+    "density_dinov2": Measure("Density", ("density_dinov2",), _fixed(2)),
+    "coverage_dinov2": Measure("Coverage", ("coverage_dinov2",), _fixed(2)),
+}
+METRIC_VIEWS = ("paper", "dinov2")   # --metrics: the papers' columns only, or those and the dinov2 set's
 INFO_LABELS = {"level": "Level", "backbone": "Backbone", "turning_points": "Turning points", "steps": "Steps S"}
 # The paper-width view's measures when a table names no ``columns``.
 DEFAULT_COLUMNS = ("fid", "recall", "nfe", "time_s")
@@ -169,6 +191,7 @@ class Report:
     datasets: list[str] | None
     measured_only: bool = False    # only measured rows and columns (no published or reference values)
     wide: bool = False             # every column, not only the paper-width ones
+    metrics: str = "paper"         # METRIC_VIEWS: "dinov2" adds the dinov2 metric set's columns
 
 
 @dataclass
@@ -202,7 +225,7 @@ def _assign_rows(spec: dict, agg: pd.DataFrame | None) -> list[_Row]:
     return rows
 
 
-def _measured(a: pd.Series | None, m: Measure) -> tuple[float, float, int]:
+def _measured(a: pd.Series | dict | None, m: Measure) -> tuple[float, float, int]:
     """(mean, std, n) of the first metric of ``m`` that the aggregated runs logged, scaled."""
     if a is None:
         return np.nan, np.nan, 0
@@ -214,7 +237,7 @@ def _measured(a: pd.Series | None, m: Measure) -> tuple[float, float, int]:
     return np.nan, np.nan, 0
 
 
-def _measured_text(row: _Row, a: pd.Series | None, m: Measure) -> str:
+def _measured_text(row: _Row, a: pd.Series | dict | None, m: Measure) -> str:
     if row.status != "ok" or a is None:
         return row.status if row.status != "ok" else MISSING
     mean, std, n = _measured(a, m)
@@ -319,8 +342,28 @@ def _measured_speedup(row: _Row, a: pd.Series | None, base_agg: pd.Series | None
     return _ratio_text(ratio, base_name), ratio
 
 
+def _dinov2_label(model: str | None) -> str:
+    """How a header or footer names the DINOv2 model of a column group."""
+    if model is None:
+        return "DINOv2"
+    if model == query.DINOV2_NOT_RECORDED:
+        return "DINOv2, backbone not recorded"
+    return model if "dinov2" in model.lower() else f"DINOv2 {model}"
+
+
+def _dinov2_header(m: Measure, model: str | None) -> str:
+    """"FD-DINOv2 (measured; dinov2-vit-l-14)": every DINOv2 column names the model of its features."""
+    return f"{m.label} (measured; {_dinov2_label(model)})"
+
+
+def _dinov2_models(rows: list[_Row], present: dict) -> list[str | None]:
+    """The DINOv2 models the rows' runs used (one column group each); [None] when no run logged the set."""
+    found = {m for r in rows if r.status == "ok" and r.variant in present for m in present[r.variant]["dinov2"]}
+    return sorted(found) or [None]
+
+
 def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protocol: Protocol | None,
-             n_runs: int, measured_only: bool = False, wide: bool = False) -> Section:
+             n_runs: int, measured_only: bool = False, wide: bool = False, metrics: str = "paper") -> Section:
     rows = _assign_rows(spec, agg)
     present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
     plan, shown = _column_plan(spec), _column_plan(spec, wide)   # every number (CSV); the displayed columns
@@ -331,6 +374,7 @@ def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protoco
         measured_kinds = ("measured", "speedup_measured", "train_speedup")
         plan = [(kind, key) for kind, key in plan if kind in measured_kinds]
         shown = [(kind, key) for kind, key in shown if kind in measured_kinds]
+    dino_models = _dinov2_models(rows, present) if metrics == "dinov2" else []
     info = list(spec.get("info") or [])
     config_cols = dict(spec.get("config_columns") or {})
     baseline = spec.get("baseline")
@@ -383,6 +427,14 @@ def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protoco
                 d[kind] = ratio
         for kind, key in shown:
             t[_header(kind, key, base_name, wide)] = cells[kind, key]
+        for model in dino_models:
+            # This model's runs of the variant only; {}: the row's runs did not log the set with it.
+            s = (a["dinov2"].get(model, {}) if model else {}) if a is not None else None
+            suffix = "" if len(dino_models) == 1 else f"[{model}]"
+            for key, m in DINOV2_MEASURES.items():
+                t[_dinov2_header(m, model)] = _measured_text(row, s, m)
+                d[f"{key}_mean{suffix}"], d[f"{key}_std{suffix}"], d[f"{key}_n{suffix}"] = _measured(s, m)
+            d[f"dinov2_model{suffix}"] = model or ""
         for label, key in config_cols.items():
             t[label] = _config_text(a, key)
             d[f"config:{key}"] = t[label]
@@ -399,6 +451,8 @@ def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protoco
     frame = pd.DataFrame(text_rows) if text_rows else pd.DataFrame(columns=empty_cols)
     data = pd.DataFrame(data_rows) if data_rows else pd.DataFrame(columns=["table", "model", "variant", "status"])
     lines = _footer(spec, agg, protocol, n_runs, rows, measured_only, wide)
+    if dino_models and protocol is not None:
+        lines[1:1] = _dinov2_footer(agg, protocol, rows, dino_models)
     heading = f"Measured under: {protocol.label()}" if protocol else "Measured: no FINISHED runs yet"
     return Section(heading, protocol, frame, data, lines)
 
@@ -415,6 +469,39 @@ def _fill_text(spec: dict, dataset: str | None, name_dataset: bool = False) -> s
     note = (spec.get("fill_notes") or {}).get(key)
     extra = [x for x in ((key if name_dataset else None), note) if x]
     return f"`{cmds[key]}`" + (f" ({': '.join(extra)})" if extra else "")
+
+
+def _dinov2_footer(agg: pd.DataFrame, protocol: Protocol, rows: list[_Row], models: list[str | None]) -> list[str]:
+    """The protocol of the DINOv2 columns (model and features, k, samples), the rows whose runs did not log it."""
+    present = {r["variant"]: r for _, r in agg.iterrows()}
+    ok = [r for r in rows if r.status == "ok" and r.variant in present]
+    if models == [None]:
+        return [f"DINOv2 columns: no run in this section logged the dinov2 metric set ('{NOT_LOGGED}'); a job "
+                "measures it with eval.metrics.sets: [paper, dinov2]."]
+    splits = sorted({str((p or {}).get("eval.metrics.reference_split", "?")) for p in agg["params"]} - {"?"})
+    split = f"the {protocol.dataset} " + (f"{', '.join(splits)} split" if splits else "reference images")
+    lines = []
+    for model in models:
+        stats = [(r, present[r.variant]["dinov2"][model]) for r in ok if model in present[r.variant]["dinov2"]]
+        backbones = "; ".join(sorted({b for _, st in stats for b in st["backbones"]}))
+        ks = sorted({k for _, st in stats for k in st["k"]} - {"?"}, key=query.natural_key)
+        k = f"k = {', '.join(ks)}" if ks else "k not recorded"
+        partial = [f"{r.model} {st['n']} of {int(present[r.variant]['n'])}" for r, st in stats
+                   if st["n"] < present[r.variant]["n"]]
+        lines.append(f"DINOv2 protocol ({_dinov2_label(model)}): FD-DINOv2 (Frechet distance) and precision, recall, "
+                     f"density, coverage ({k}) in the features of {backbones}, on the same {protocol.samples} "
+                     f"generated samples as the FID, against {split} (reference count: metrics_num_reference in "
+                     "each run's eval_summary.json); rows: "
+                     f"{', '.join(r.model for r, _ in stats)}"
+                     + (f"; runs per row that logged it: {', '.join(partial)}" if partial else "") + ".")
+    not_logged = [r.model for r in ok if not present[r.variant]["dinov2"]]
+    if not_logged:
+        lines.append(f"DINOv2 columns '{NOT_LOGGED}': the runs of {', '.join(not_logged)} did not log the dinov2 "
+                     "metric set (their eval.metrics.sets has no dinov2).")
+    if len(models) > 1:
+        lines.append("Several DINOv2 models in this section: one group of columns per model, never averaged across "
+                     f"models; '{NOT_LOGGED}' under a model whose features a row's runs did not use.")
+    return lines
 
 
 def _experiments_text(agg: pd.DataFrame) -> str:
@@ -468,14 +555,18 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_r
 
 def build_report(name: str, experiment: str | None = None, datasets: list[str] | None = None,
                  filter_string: str | None = None, uri: str | None = None, published: dict | None = None,
-                 run_ids: list[str] | None = None, measured_only: bool = False, wide: bool = False) -> Report:
+                 run_ids: list[str] | None = None, measured_only: bool = False, wide: bool = False,
+                 metrics: str = "paper") -> Report:
     """One table: the published rows, and one measured section per protocol found in ``experiment`` (None:
     every experiment of the store but ``perf``).
 
     ``run_ids`` restricts the runs considered (e.g. those of one grid submission); ``measured_only`` keeps only
     the rows with a measured run and the measured columns (no published or reference values); ``wide`` shows
-    every column instead of the paper-width ones.
+    every column instead of the paper-width ones; ``metrics="dinov2"`` adds the dinov2 metric set's measured
+    columns (one group per DINOv2 model) and their protocol under each section.
     """
+    if metrics not in METRIC_VIEWS:
+        raise ValueError(f"metrics={metrics!r}; valid: {', '.join(METRIC_VIEWS)}")
     pub = published or load_published()
     if name not in pub["tables"]:
         raise SystemExit(f"unknown table {name!r}; valid: {', '.join(pub['tables'])}")
@@ -494,9 +585,9 @@ def build_report(name: str, experiment: str | None = None, datasets: list[str] |
         if any(r.spec is not None for r in shown) or (shown and spec.get("extra") == "all"):
             in_proto = runs["protocol"].map(lambda p: p.key() == proto.key())
             n = int((in_proto & runs["variant"].isin([r.variant for r in shown])).sum())
-            sections.append(_section(name, spec, pub, g, proto, n, measured_only, wide))
+            sections.append(_section(name, spec, pub, g, proto, n, measured_only, wide, metrics))
     if not sections:
-        empty = _section(name, spec, pub, None, None, 0, measured_only, wide)
+        empty = _section(name, spec, pub, None, None, 0, measured_only, wide, metrics)
         where = f"data sets {', '.join(scope)}" if scope else "any data set"
         fills = [_fill_text(spec, d, name_dataset=d is not None) for d in fill_commands(spec)
                  if d is None or not scope or d in scope]
@@ -507,6 +598,9 @@ def build_report(name: str, experiment: str | None = None, datasets: list[str] |
 
     wide_note = ("Paper-width view: `--wide` shows every column (precision, KID, GFLOPs, parameter counts, training "
                  "wall-clock, reference counts, the published speed-up, runs); `--format csv` carries every number.")
+    dinov2_note = ("DINOv2 columns (--metrics dinov2): measured only, the papers publish no DINOv2 numbers; each "
+                   "header names the DINOv2 model of its features; precision, recall and coverage lie in [0, 1], "
+                   "density may exceed 1; lower FD-DINOv2 is better, higher is better for the other four.")
     if measured_only:
         header = [f"Measured values only: every number below comes from FINISHED MLflow runs of this suite in "
                   f"{query.scope_label(experiment)}; the published numbers of this table: "
@@ -517,8 +611,10 @@ def build_report(name: str, experiment: str | None = None, datasets: list[str] |
                          "protocol.")
         if not wide:
             notes.append(wide_note)
+        if metrics == "dinov2":
+            notes.append(dinov2_note)
         return Report(name, f"{spec['title']}: measured runs only", header, sections, notes, experiment, datasets,
-                      measured_only=True, wide=wide)
+                      measured_only=True, wide=wide, metrics=metrics)
     header = _published_header(spec, pub)
     notes = list(spec.get("notes") or [])
     notes += [f"{r['model']}: {r['note']}" for r in spec["rows"] if r.get("note")]
@@ -530,7 +626,9 @@ def build_report(name: str, experiment: str | None = None, datasets: list[str] |
                  "published counterpart.")
     if not wide:
         notes.append(wide_note)
-    return Report(name, spec["title"], header, sections, notes, experiment, datasets, wide=wide)
+    if metrics == "dinov2":
+        notes.append(dinov2_note)
+    return Report(name, spec["title"], header, sections, notes, experiment, datasets, wide=wide, metrics=metrics)
 
 
 def _published_header(spec: dict, pub: dict) -> list[str]:
@@ -625,7 +723,8 @@ def write_report(rep: Report, fmt: str = "md", out_dir: str | Path = OUT_DIR) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = (f"table-{rep.name}" + (f"-{'-'.join(rep.datasets)}" if rep.datasets else "")
-            + ("-measured" if rep.measured_only else "") + ("-wide" if rep.wide else ""))
+            + ("-dinov2" if rep.metrics == "dinov2" else "") + ("-measured" if rep.measured_only else "")
+            + ("-wide" if rep.wide else ""))
     paths = []
     for f in dict.fromkeys(["md", fmt]):
         p = out / f"{stem}.{FORMATS[f]}"
@@ -652,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wide", action="store_true",
                     help="every column (precision, KID, GFLOPs, parameters, training time, reference counts, runs), "
                          "not only the paper-width ones")
+    ap.add_argument("--metrics", choices=METRIC_VIEWS, default="paper",
+                    help="paper: the papers' metrics only; dinov2: also FD-DINOv2 and precision/recall/density/"
+                         "coverage in DINOv2 features, measured (files named ...-dinov2)")
     ap.add_argument("--log", action="store_true", help="also log the files to the experiment's 'report' run")
     args = ap.parse_args(argv)
 
@@ -661,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     written = []
     for n in names:
         rep = build_report(n, args.experiment, datasets, args.filter, published=pub, measured_only=args.measured_only,
-                           wide=args.wide)
+                           wide=args.wide, metrics=args.metrics)
         print(render(rep, args.format))
         written += write_report(rep, args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

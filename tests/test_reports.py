@@ -327,7 +327,7 @@ def test_pareto_front():
     assert plots.pareto_front(x, y).tolist() == [True, True, False, True, True]
 
 
-def test_plots_render_and_log(store, tmp_path):
+def test_plots_render_and_log(store, tmp_path, capsys):
     conv = query.convergence(query.select_latest(query.load_runs(EXP, datasets=["digits"])))
     wd = conv[conv["run_id"] == store["runs"]["wavediff0"]]
     # The intermediate FIDs (200 samples) and the final one (1000 samples, same step as the last intermediate
@@ -340,14 +340,19 @@ def test_plots_render_and_log(store, tmp_path):
     one = conv[conv["run_id"] == store["runs"]["wavediff1"]]
     assert one["kind"].tolist() == ["final"] and one["fid"].tolist() == [22.0]
     assert plots.main(["--dataset", "digits", "--experiment", EXP, "--out", str(tmp_path), "--log"]) == 0
-    for name in plots.PLOTS:
+    # No run of this store logged the dinov2 metric set: the ranking plot is skipped with a one-line note
+    # (tests/test_reports_dinov2.py draws it).
+    assert "skipped rank_fid_vs_fd_dinov2: no protocol has two variants" in capsys.readouterr().err
+    assert not (tmp_path / "rank_fid_vs_fd_dinov2-digits.png").exists()
+    drawn = [n for n in plots.PLOTS if n != "rank_fid_vs_fd_dinov2"]
+    for name in drawn:
         p = tmp_path / f"{name}-digits.png"
         assert p.exists() and p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG"
     client = store["client"]
     reports = client.search_runs([store["exp"]], "tags.`wavebench.report` = 'true'")
     assert len(reports) == 1 and reports[0].info.run_name == "report"
     logged = {a.path for a in client.list_artifacts(reports[0].info.run_id, "reports")}
-    assert logged == {f"reports/{n}-digits.png" for n in plots.PLOTS}
+    assert logged == {f"reports/{n}-digits.png" for n in drawn}
     assert reports[0].info.run_id not in set(query.load_runs(EXP)["run_id"])  # never a measured row
 
 
