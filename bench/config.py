@@ -44,6 +44,8 @@ class EvalConfig:
     quality: bool = True             # compute FID/KID/PRC (off only for cost-only runs)
     every_steps: int = 0             # also evaluate FID during training every this many steps (0 = off)
     every_num_samples: int = 500     # generated samples of those intermediate FIDs
+    precision: str = "fp32"          # sampler numerics: fp32 (PyTorch's defaults: TF32 convolutions; recorded) | bf16
+    cuda_graphs: bool = True         # on CUDA, replay the sampling network through CUDA graphs (bench/sampling.py)
 
 
 @dataclass

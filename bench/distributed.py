@@ -81,6 +81,14 @@ class DistContext:
         mean = {k: v / self.world_size for k, v in zip(keys, vec)}
         return mean, tuple(v > 0 for v in vec[len(keys):])
 
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of ``values`` (on the device for NCCL, on the CPU for gloo)."""
+        if not self.enabled:
+            return values
+        values = values.cuda() if self.backend == "nccl" else values.cpu()
+        dist.all_reduce(values)
+        return values
+
     def gather(self, obj: Any) -> list:
         """Every rank's ``obj`` (tensors, numbers, strings, containers), in rank order (a list of one for a
         single process). It travels as torch.save bytes: all_gather_object's own pickling breaks on tensors."""

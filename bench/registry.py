@@ -19,9 +19,10 @@ from bench.config import (ConfigError, EvalConfig, RunConfig, apply_overrides, c
                           unflatten)
 from bench.data import DataConfig, check_data_config, dataset_channels
 from bench.metrics import check_metrics_config
+from bench.sampling import EVAL_PRECISIONS
 from bench.systems import (DiffusionModelConfig, DiffusionSystem, DVDPSystem, GANModelConfig, GANSystem,
                            space_shape)
-from bench.train import DiffusionTrainConfig, GANTrainConfig
+from bench.train import DiffusionTrainConfig, GANTrainConfig, check_train_config
 from models.ddgan import DDGANScheduleConfig
 from models.discriminator import DiscriminatorConfig
 from models.ddpm import DDPMConfig
@@ -354,6 +355,9 @@ def _check_values(cfg: RunConfig) -> list[str]:
         p.append("no training budget: set one of train.max_steps, train.max_epochs, train.max_minutes")
     if any(b is not None and b < 0 for b in budgets):
         p.append("training budgets must be >= 0")
+    p += check_train_config(t)
+    if cfg.eval.precision not in EVAL_PRECISIONS:
+        p.append(f"eval.precision={cfg.eval.precision!r}; valid: {', '.join(EVAL_PRECISIONS)}")
     p += check_metrics_config(cfg.eval.metrics)
     if cfg.eval.metrics.backbone == "digits-classifier" and cfg.data.name != "digits":
         p.append("eval.metrics.backbone=digits-classifier only applies to the digits data set")

@@ -4,7 +4,8 @@ Every system exposes what training and evaluation need and nothing else:
 
 - ``encode(x)`` / ``decode(y)``: image [-1, 1] <-> diffusion space (pixels, or Haar coefficients / 2^levels);
 - ``state_shape(n)``: shape of the initial noise x_T for ``n`` samples;
-- ``sample(x_T, rng)``: the whole sampler, final inverse transform included, returning images in [-1, 1];
+- ``sample(x_T, rng, net=None)``: the whole sampler, final inverse transform included, returning images in
+  [-1, 1]; ``net`` stands in for the sampling network (e.g. its CUDA-graph replay, bench/sampling.py);
 - ``sampling_network``: the module called once per network function evaluation (for NFE and FLOPs);
 - ``networks``: named modules whose parameters are counted and checkpointed.
 """
@@ -100,8 +101,8 @@ class GANSystem(_System):
         return (n, g.in_channels, g.image_size, g.image_size)
 
     @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
-        y = self.process.sample(self.G_ema, x_T, self.nz, generator_rng=rng)
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
+        y = self.process.sample(net if net is not None else self.G_ema, x_T, self.nz, generator_rng=rng)
         return self.decode(y).clamp(-1, 1)
 
 
@@ -155,13 +156,13 @@ class DiffusionSystem(_System):
         each sample's own t (WDDM's auxiliary term, done right). ``net``: the denoiser as trained (e.g. its
         DDP wrapper); default the denoiser itself."""
         x0 = self.encode(images)
-        mse, x0_hat = self.diffusion.loss(net or self.denoiser, x0)
+        mse, x0_hat = self.diffusion.loss(net if net is not None else self.denoiser, x0)
         return {"loss": mse, "loss_image": F.smooth_l1_loss(self.decode(x0_hat), images)}
 
     @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
-        y = SAMPLERS[self.sampler](self.diffusion, self.sampling_network, x_T, steps=self.steps, generator=rng,
-                                   **self.sampler_kwargs)
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
+        net = net if net is not None else self.sampling_network
+        y = SAMPLERS[self.sampler](self.diffusion, net, x_T, steps=self.steps, generator=rng, **self.sampler_kwargs)
         return self.decode(y).clamp(-1, 1)
 
 
@@ -185,11 +186,11 @@ class DVDPSystem(DiffusionSystem):
         return self.process.state_shape(n, d.image_size, d.in_channels)
 
     def loss(self, images: torch.Tensor, net: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        mse, x0_hat = self.process.loss(net or self.denoiser, images)
+        mse, x0_hat = self.process.loss(net if net is not None else self.denoiser, images)
         return {"loss": mse, "loss_image": F.smooth_l1_loss(x0_hat, images)}
 
     @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
         kw = {"eta": self.sampler_kwargs.get("eta", 0.0), "spacing": self.sampler_kwargs.get("spacing", "linear")}
-        return self.process.sample(self.sampling_network, x_T, sampler=self.sampler, steps=self.steps,
-                                   generator=rng, **kw).clamp(-1, 1)
+        net = net if net is not None else self.sampling_network
+        return self.process.sample(net, x_T, sampler=self.sampler, steps=self.steps, generator=rng, **kw).clamp(-1, 1)

@@ -8,9 +8,17 @@ one update function per family:
 Checkpoints hold the state of every module, optimiser and scheduler, the RNGs and the step, plus the resolved
 config and a format version; they are written atomically (temp file + rename) and a corrupt latest checkpoint
 falls back to the previous one. Resuming from a checkpoint gives the same next step as not stopping.
+
+No step waits for the device: the updates return their losses as device tensors, summed on the device and read
+(one host synchronisation) every ``train.log_every`` steps, before every checkpoint and at the end; the NaN rule
+and, with several ranks, the wall-clock budget and stop requests are checked at those reads. Options for GPUs
+(all part of the training hash): ``precision: bf16`` (autocast for the forward passes, fp32 master weights,
+losses and R1 in fp32), ``channels_last`` and ``compile``; in-memory data sets live on the device; Adam is fused
+and the EMA one foreach call on CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -32,7 +40,10 @@ from bench.data import InMemoryImages
 from bench.distributed import SINGLE, DistContext
 
 __all__ = ["GANTrainConfig", "DiffusionTrainConfig", "TrainResult", "NonFiniteLoss", "Checkpointer",
-           "BatchStream", "run_loop", "train_gan", "train_diffusion", "CHECKPOINT_VERSION", "ema_update"]
+           "BatchStream", "run_loop", "train_gan", "train_diffusion", "CHECKPOINT_VERSION", "ema_update",
+           "PRECISIONS", "autocast", "check_train_config"]
+
+PRECISIONS = ("fp32", "bf16")
 
 CHECKPOINT_VERSION = 1
 
@@ -54,6 +65,9 @@ class GANTrainConfig:
     lazy_reg: int = 15                # R1 every this many steps (not rescaled, as in DDGAN)
     ema_decay: float = 0.9999         # EMA of G's weights, every step
     lambda_rec: float = 0.0           # weight of the L1 reconstruction term || G(x_{t+1}) - x0 ||_1 (WaveDiff: 1)
+    precision: str = "fp32"           # fp32 | bf16 (autocast forward passes; fp32 weights, losses and R1)
+    channels_last: bool = False       # networks and batches in channels-last memory format
+    compile: bool = False             # torch.compile the networks' training forward passes (not the R1 pass)
 
 
 @dataclass
@@ -70,6 +84,9 @@ class DiffusionTrainConfig:
     warmup_steps: int = 1000          # linear warm-up, then cosine to 0 over the budget
     ema_decay: float = 0.0            # EMA of the denoiser (0 = none; WDDM uses none)
     image_loss_weight: float = 0.0    # smooth-L1 between decode(x0_hat) and x0, x0_hat at each sample's own t
+    precision: str = "fp32"           # fp32 | bf16, as for GANTrainConfig
+    channels_last: bool = False       # networks and batches in channels-last memory format
+    compile: bool = False             # torch.compile the denoiser's training forward pass
 
 
 @dataclass
@@ -85,6 +102,36 @@ class TrainResult:
 
 class NonFiniteLoss(RuntimeError):
     """A loss became NaN or inf: the run is stopped and marked FAILED with this message."""
+
+
+def check_train_config(t) -> list[str]:
+    """Problems with the device options of a training config (either family)."""
+    if t.precision not in PRECISIONS:
+        return [f"train.precision={t.precision!r}; valid: {', '.join(PRECISIONS)}"]
+    return []
+
+
+def autocast(device: torch.device, precision: str, enabled: bool = True):
+    """The forward passes' autocast context for ``precision`` (a no-op for fp32 or ``enabled=False``)."""
+    if precision == "fp32" or not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _prepare(modules: dict[str, nn.Module], t) -> None:
+    """Memory format of the networks (channels-last when asked)."""
+    if t.channels_last:
+        for m in modules.values():
+            m.to(memory_format=torch.channels_last)
+
+
+def _batch_format(x: torch.Tensor, t) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if t.channels_last and x.dim() == 4 else x
+
+
+def _compiled(module: nn.Module, t) -> nn.Module:
+    """The module the training forward passes call: compiled when asked (it shares the module's parameters)."""
+    return torch.compile(module) if t.compile else module
 
 
 # ============================================================================================== checkpoints
@@ -158,7 +205,11 @@ class BatchStream:
     steps_per_epoch of its epoch, so a resumed run sees exactly the batches it would have seen.
 
     With several ranks, ``batch_size`` is the global batch and rank r gets its r-th contiguous slice: the data
-    order, the flips and the images per step do not depend on the number of ranks."""
+    order, the flips and the images per step do not depend on the number of ranks.
+
+    In-memory data sets can live on the training device (:meth:`to`): batches are then gathered there from an
+    epoch's permutation and flips, moved once per epoch, so a step copies nothing from the host and never
+    waits for the device. The batches are the same as on the CPU."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0,
                  world_size: int = 1):
@@ -169,25 +220,48 @@ class BatchStream:
         self.ds, self.bs, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
         self.rank, self.world_size = rank, world_size
         self.steps_per_epoch = len(dataset) // batch_size
+        self.images = dataset.images if isinstance(dataset, InMemoryImages) else None
+        self._epoch: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
+
+    def to(self, device: torch.device) -> "BatchStream":
+        """Hold an in-memory data set on ``device`` (uint8, as stored); other data sets stay where they are."""
+        if self.images is not None:
+            self.images = self.images.to(device)
+            self._epoch = None
+        return self
 
     def _perm(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.ds), generator=g)
 
+    def _flips(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        return torch.rand(self.bs, generator=g) < 0.5
+
+    def _epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This epoch's permutation and per-step flips, on the images' device (computed and moved once)."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            perm = self._perm(epoch)
+            flips = None
+            if self.ds.hflip:
+                first = epoch * self.steps_per_epoch
+                flips = torch.stack([self._flips(first + k) for k in range(self.steps_per_epoch)])
+            dev = self.images.device
+            self._epoch = (epoch, perm.to(dev), None if flips is None else flips.to(dev))
+        return self._epoch[1], self._epoch[2]
+
     def batch(self, step: int) -> torch.Tensor:
         epoch, k = divmod(step, self.steps_per_epoch)
-        idx = self._perm(epoch)[k * self.bs:(k + 1) * self.bs]
         per_rank = self.bs // self.world_size
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-        if isinstance(self.ds, InMemoryImages):
-            flip = None
-            if self.ds.hflip:
-                g = torch.Generator().manual_seed(self.seed * 7_919 + step)
-                flip = (torch.rand(len(idx), generator=g) < 0.5)[mine]
-            x = self.ds.images[idx[mine]].float() / 127.5 - 1.0
-            if flip is not None:
-                x[flip] = x[flip].flip(-1)
+        if self.images is not None:
+            perm, flips = self._epoch_plan(epoch)
+            idx = perm[k * self.bs:(k + 1) * self.bs][mine]
+            x = self.images[idx].float() / 127.5 - 1.0
+            if flips is not None:  # a select, not a masked assignment: no host synchronisation
+                x = torch.where(flips[k][mine].view(-1, 1, 1, 1), x.flip(-1), x)
             return x
+        idx = self._perm(epoch)[k * self.bs:(k + 1) * self.bs]
         loader = DataLoader(torch.utils.data.Subset(self.ds, idx[mine].tolist()), batch_size=per_rank,
                             num_workers=self.num_workers)
         return next(iter(loader))[0]
@@ -196,11 +270,12 @@ class BatchStream:
 # ============================================================================================== shared loop
 
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for every parameter (one foreach call); buffers copied."""
     with torch.no_grad():
-        for pe, p in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(p, 1.0 - decay)
-        for be, b in zip(ema.buffers(), model.buffers()):
-            be.copy_(b)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        buffers = list(ema.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def total_steps(t, steps_per_epoch: int) -> int | None:
@@ -213,18 +288,76 @@ def total_steps(t, steps_per_epoch: int) -> int | None:
     return min(horizons) if horizons else None
 
 
+class _Window:
+    """The losses of the steps since the last read: summed where they live (device tensors stay on the device;
+    floats are checked for NaN at once, being free to look at)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+        self.first_step: int | None = None
+        self.steps = 0
+
+    def add(self, losses: dict, step: int) -> None:
+        if self.first_step is None:
+            self.first_step = step
+        self.steps += 1
+        for k, v in losses.items():
+            if torch.is_tensor(v):
+                v = v.detach().float()
+                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            else:
+                v = float(v)
+                if not math.isfinite(v):
+                    raise NonFiniteLoss(f"non-finite loss at step {step}: {k}={v}")
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def read(self, dist: DistContext, device: torch.device, flags: tuple[bool, ...] = ()
+             ) -> tuple[dict[str, float], tuple[bool, ...]]:
+        """The mean of each loss over the window (and over ranks), the flags OR-ed over ranks: one host
+        synchronisation and, with several ranks, one collective. Raises :class:`NonFiniteLoss` (on every rank
+        alike, since a NaN anywhere makes the mean NaN everywhere). Empties the window."""
+        keys = sorted(self.sums)
+        vec = [self.sums[k].double() if torch.is_tensor(self.sums[k]) else
+               torch.tensor(self.sums[k], dtype=torch.float64) for k in keys]
+        vec = [v.to(device) for v in vec] + [torch.tensor(float(f), dtype=torch.float64, device=device)
+                                             for f in flags]
+        values = torch.stack(vec) if vec else torch.zeros(0, dtype=torch.float64)
+        if dist.enabled:
+            values = dist.all_reduce(values)
+        values = values.tolist()
+        means = {k: values[i] / self.counts[k] / dist.world_size for i, k in enumerate(keys)}
+        bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+        if bad:
+            last = self.first_step + self.steps - 1
+            where = f"step {last}" if self.steps <= 1 else f"steps {self.first_step}-{last} (read every log_every)"
+            raise NonFiniteLoss(f"non-finite loss at {where}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+        agreed = tuple(v > 0 for v in values[len(keys):])
+        self.__init__()
+        return means, agreed
+
+
 def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers: dict,
              update: Callable[[torch.Tensor, int], dict], stream: BatchStream, tracker, workdir: str | Path,
              device: torch.device, should_stop: Callable[[], bool] | None = None,
              progress: bool = True, on_step: Callable[[int, float], None] | None = None,
              dist: DistContext = SINGLE) -> TrainResult:
     """The loop every family shares. ``update(batch, step)`` does one optimisation step and returns its losses
-    (floats); everything else (budgets, resume, checkpoints, logging, NaN rule) happens here.
-    ``on_step(step, training_seconds)`` runs after every step (e.g. periodic evaluation); its time is not
-    counted as training time. With several ranks (``dist``) every rank runs this loop: they agree on each step's
-    losses, budget and stop request; rank 0 writes the checkpoints (with every rank's RNG state)."""
+    (device tensors, or floats); everything else (budgets, resume, checkpoints, logging, NaN rule) happens here.
+
+    The device is never waited for at an ordinary step: losses are read every ``train.log_every`` steps (and at
+    step 1), before every checkpoint and at the end, and what is logged at a read is each loss's mean over the
+    steps since the previous read. The NaN rule applies at the reads; a checkpoint is never written from
+    non-finite losses. Training time is host time between steps, exact at every read (which waits for the
+    device). ``on_step(step, training_seconds)`` runs after every step (e.g. periodic evaluation; its time is not
+    training time); if it has an attribute ``every``, the losses are read before it at multiples of ``every``,
+    so the training time it receives then is exact. With several ranks (``dist``) every rank runs this loop:
+    step budgets are the same everywhere, and the ranks agree on the wall-clock budget and on stop requests at
+    each read; rank 0 writes the checkpoints (with every rank's RNG state)."""
     t = cfg.train
     ckpt = Checkpointer(workdir)
+    stream.to(device)
 
     # Resume from the latest readable checkpoint of this training hash.
     step, elapsed, resumed_from = 0, 0.0, None
@@ -261,59 +394,75 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
             }, step)
         dist.barrier()  # no rank goes on (or is killed) before the checkpoint is complete
 
-    def budget_left() -> bool:
-        if t.max_steps is not None and step >= t.max_steps:
-            return False
-        if t.max_epochs is not None and step >= t.max_epochs * stream.steps_per_epoch:
-            return False
-        if t.max_minutes is not None and elapsed >= t.max_minutes * 60:
-            return False
-        return True
+    step_limit = total_steps(t, stream.steps_per_epoch)   # max_steps / max_epochs: the same on every rank
 
-    horizon = total_steps(t, stream.steps_per_epoch)
-    bar = tqdm(total=horizon, initial=step, disable=not (progress and dist.is_main), desc=cfg.variant, mininterval=2.0,
-               file=sys.stderr, unit="step")
+    def out_of_time() -> bool:
+        return t.max_minutes is not None and elapsed >= t.max_minutes * 60
+
+    def stop_requested() -> bool:
+        return should_stop is not None and bool(should_stop())
+
+    bar = tqdm(total=step_limit, initial=step, disable=not (progress and dist.is_main), desc=cfg.variant,
+               mininterval=2.0, file=sys.stderr, unit="step")
     session_steps, session_time, interrupted = 0, 0.0, False
     history: dict[str, list] = {}
     last_ckpt = step
+    every = int(getattr(on_step, "every", 0) or 0)
+    window = _Window()
+    read_step, read_elapsed = step, elapsed
+    agreed = (False, False)
+    if dist.enabled:  # several ranks agree at the start, then at every read
+        agreed = dist.sync_step({}, (out_of_time(), stop_requested()), device)[1]
     while True:
-        flags = (not budget_left(), should_stop is not None and should_stop())
-        if dist.enabled:  # every rank stops at the same step
-            flags = dist.sync_step({}, flags, device)[1]
-        if flags[0]:
+        if step_limit is not None and step >= step_limit:
             break
-        if flags[1]:
+        if not dist.enabled:  # one process: host-side checks, free at every step
+            agreed = (out_of_time(), stop_requested())
+        if agreed[0]:
+            break
+        if agreed[1]:
             interrupted = True
             break
         t0 = time.perf_counter()
-        x = stream.batch(step).to(device, non_blocking=True)
-        losses, _ = dist.sync_step(update(x, step), (), device)
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-        if bad:
-            raise NonFiniteLoss(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
+        x = stream.batch(step)
+        if x.device != device:
+            x = x.to(device, non_blocking=True)
+        window.add(update(x, step), step)
         step += 1
+        for sched in schedulers.values():
+            sched.step()
+        log_now = step % t.log_every == 0 or step == 1
+        ckpt_now = step - last_ckpt >= t.checkpoint_every
+        read_now = log_now or ckpt_now or bool(every and step % every == 0)
+        if read_now:  # waits for the device; with several ranks, also where they agree on time and stop
+            flags = (elapsed + time.perf_counter() - t0 >= t.max_minutes * 60 if t.max_minutes is not None else False,
+                     stop_requested()) if dist.enabled else ()
+            losses, flags = window.read(dist, device, flags)
+            if dist.enabled:
+                agreed = flags
+        dt = time.perf_counter() - t0
         elapsed += dt
         session_steps += 1
         session_time += dt
-        for s in schedulers.values():
-            s.step()
-        if step % t.log_every == 0 or step == 1:
+        if log_now:
             lr = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in optimizers.items()}
-            tracker.log_metrics({**losses, **lr, "sec_per_step": dt, "epoch": step / stream.steps_per_epoch},
+            per_step = (elapsed - read_elapsed) / max(1, step - read_step)
+            tracker.log_metrics({**losses, **lr, "sec_per_step": per_step, "epoch": step / stream.steps_per_epoch},
                                 step=step)
             for k, v in losses.items():
                 history.setdefault(k, []).append((step, v))
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        if read_now:
+            read_step, read_elapsed = step, elapsed
         bar.update(1)
-        if step - last_ckpt >= t.checkpoint_every:
+        if ckpt_now:
             save()
             last_ckpt = step
         if on_step is not None:
             on_step(step, elapsed)
     bar.close()
+    if window.sums:  # the steps since the last read: no checkpoint from non-finite losses
+        window.read(dist, device)
     save()
     tracker.flush()
     # images of all ranks (the global batch) per second of this session's training
@@ -352,10 +501,13 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     no-grad calls use the plain modules, which hold the same weights on every rank."""
     t: GANTrainConfig = cfg.train
     G, D, G_ema, process = system.G, system.D, system.G_ema, system.process
+    _prepare(system.modules(), t)
     G_par, D_par = dist.wrap(G, device), dist.wrap(D, device)
+    G_fwd, D_fwd = _compiled(G_par, t), _compiled(D_par, t)   # R1 (double backward) uses D_par itself
     T = process.num_timesteps
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+    fused = device.type == "cuda"
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
     horizon = total_steps(t, stream.steps_per_epoch)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_g)))
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_d)))
@@ -363,7 +515,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     D.train()
 
     def update(images: torch.Tensor, step: int) -> dict:
-        x0 = system.encode(images)
+        x0 = _batch_format(system.encode(images), t)
         b = x0.shape[0]
 
         # Discriminator: real pairs (x_t, x_{t+1}) against fake x_t drawn from the posterior with G's x0.
@@ -373,18 +525,21 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         x_t, x_tp1 = process.q_sample_pairs(x0, tt)
         r1_step = t.r1_gamma > 0 and step % t.lazy_reg == 0
         x_t.requires_grad_(r1_step)
-        d_real = D_par(x_t, tt, x_tp1.detach())
+        with autocast(device, t.precision, enabled=not r1_step):  # the R1 pass stays in fp32
+            d_real = (D_par if r1_step else D_fwd)(x_t, tt, x_tp1.detach()).float()
         loss_d_real = F.softplus(-d_real).mean()
-        r1 = torch.zeros((), device=x0.device)
+        r1 = None
         if r1_step:
             (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
             r1 = t.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
         z = torch.randn(b, system.nz, device=x0.device)
-        with torch.no_grad():
-            x0_fake = G(x_tp1, tt, z)
+        with torch.no_grad(), autocast(device, t.precision):
+            x0_fake = G_fwd(x_tp1, tt, z).float()
         x_fake = process.posterior_sample(x0_fake, x_tp1, tt)
-        loss_d_fake = F.softplus(D_par(x_fake, tt, x_tp1)).mean()
-        (loss_d_real + loss_d_fake + r1).backward()
+        with autocast(device, t.precision):
+            d_fake = D_fwd(x_fake, tt, x_tp1).float()
+        loss_d_fake = F.softplus(d_fake).mean()
+        (loss_d_real + loss_d_fake + (r1 if r1 is not None else 0.0)).backward()
         opt_d.step()
 
         # Generator: fool D on fresh pairs; WaveDiff adds lambda_rec * L1 on the predicted clean coefficients.
@@ -393,19 +548,21 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         tt = torch.randint(0, T, (b,), device=x0.device)
         x_t, x_tp1 = process.q_sample_pairs(x0, tt)
         z = torch.randn(b, system.nz, device=x0.device)
-        x0_pred = G_par(x_tp1, tt, z)
-        x_fake = process.posterior_sample(x0_pred, x_tp1, tt)
-        loss_g_adv = F.softplus(-D(x_fake, tt, x_tp1)).mean()
+        with autocast(device, t.precision):
+            x0_pred = G_fwd(x_tp1, tt, z).float()
+            x_fake = process.posterior_sample(x0_pred, x_tp1, tt)
+            d_gen = D_fwd(x_fake, tt, x_tp1).float()
+        loss_g_adv = F.softplus(-d_gen).mean()
         loss_rec = F.l1_loss(x0_pred, x0)
         loss_g = loss_g_adv + t.lambda_rec * loss_rec if t.lambda_rec > 0 else loss_g_adv
         loss_g.backward()
         opt_g.step()
         ema_update(G_ema, G, t.ema_decay)
 
-        out = {"loss_d": (loss_d_real + loss_d_fake).item(), "loss_d_real": loss_d_real.item(),
-               "loss_d_fake": loss_d_fake.item(), "loss_g": loss_g_adv.item(), "loss_rec": loss_rec.item()}
-        if r1_step:
-            out["r1"] = r1.item()
+        out = {"loss_d": (loss_d_real + loss_d_fake).detach(), "loss_d_real": loss_d_real.detach(),
+               "loss_d_fake": loss_d_fake.detach(), "loss_g": loss_g_adv.detach(), "loss_rec": loss_rec.detach()}
+        if r1 is not None:
+            out["r1"] = r1.detach()
         return out
 
     return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
@@ -423,26 +580,25 @@ def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: 
     ``image_loss_weight`` x smooth-L1 between the decoded x0_hat (at each sample's own t) and the image."""
     t: DiffusionTrainConfig = cfg.train
     net = system.denoiser
-    net_par = dist.wrap(net, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    _prepare(system.modules(), t)
+    net_fwd = _compiled(dist.wrap(net, device), t)
+    opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=device.type == "cuda")
     horizon = total_steps(t, stream.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(horizon, t.warmup_steps, 0.0))
     net.train()
 
     def update(images: torch.Tensor, step: int) -> dict:
         opt.zero_grad(set_to_none=True)
-        losses = system.loss(images, net=net_par)
+        with autocast(device, t.precision):
+            losses = {k: v.float() for k, v in system.loss(_batch_format(images, t), net=net_fwd).items()}
         loss = losses["loss"] + (t.image_loss_weight * losses["loss_image"] if t.image_loss_weight > 0 else 0.0)
         loss.backward()
-        grad_norm = None
+        out = {k: v.detach() for k, v in losses.items()}
         if t.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip).detach()
         opt.step()
         if system.ema is not None:
             ema_update(system.ema, net, t.ema_decay)
-        out = {k: v.item() for k, v in losses.items()}
-        if grad_norm is not None:
-            out["grad_norm"] = float(grad_norm)
         return out
 
     return run_loop(cfg, modules=system.modules(), optimizers={"denoiser": opt}, schedulers={"denoiser": sched},

@@ -1,0 +1,65 @@
+"""Evaluation sampling (bench/sampling.py) on the CPU: the CUDA-graph wrapper's static-buffer protocol, emulated,
+gives exactly the eager samples for every family; graphs are keyed by argument shape and parameter storage;
+bf16 runs under autocast and is recorded. The real CUDA graphs are compared with eager in tests/test_cuda.py."""
+import pytest
+import torch
+
+from bench import registry
+from bench.config import ConfigError
+from bench.sampling import EvalSampler, GraphedNetwork
+from conftest import micro
+
+FAMILIES = {"ddgan": {}, "wavediff-wg": {}, "ddpm": {"eval.eta": 1.0}, "wddm-ukan-l1": {"eval.eta": 1.0},
+            "dvdp": {"eval.eta": 1.0, "eval.steps": 4}}
+
+
+def _system(variant):
+    torch.manual_seed(0)
+    system = registry.build(registry.resolve(micro(variant, **FAMILIES[variant])))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # no output layer left at zero: the samples must carry information
+        for p in system.sampling_network.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return system.to(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("variant", list(FAMILIES))
+def test_graph_protocol_gives_the_eager_samples(variant, one_thread):
+    system = _system(variant)
+    x_T = torch.randn(system.state_shape(6), generator=torch.Generator().manual_seed(1))
+    eager = system.sample(x_T, rng=torch.Generator().manual_seed(2))
+    sampler = EvalSampler(system, torch.device("cpu"), emulate_graphs=True)
+    for _ in range(2):  # the second run replays the captured graphs
+        graphed = sampler(x_T, rng=torch.Generator().manual_seed(2))
+        assert torch.equal(graphed, eager), f"{variant}: max |diff| {(graphed - eager).abs().max():.2e}"
+    assert sampler.protocol()["sampler_cuda_graphs"] == "emulated"
+    assert len(sampler.net.graphs) == (2 if variant == "dvdp" else 1)  # DVDP: one graph per stage resolution
+
+
+def test_graphs_follow_shapes_and_parameter_storage():
+    net = torch.nn.Conv2d(2, 3, 3, padding=1)
+    g = GraphedNetwork(net, emulate=True)
+    a, b = torch.randn(4, 2, 8, 8), torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(g(a), net(a)) and torch.equal(g(b), net(b)) and len(g.graphs) == 2
+        out = g(a)
+        net.weight.add_(1.0)  # in place (an optimiser or EMA step): the same graph sees it
+        assert torch.equal(g(a), net(a)) and not torch.equal(g(a), out) and len(g.graphs) == 2
+        net.weight = torch.nn.Parameter(net.weight.detach().clone())  # new storage: captured again
+        assert torch.equal(g(a), net(a)) and len(g.graphs) == 3
+        first = g(a)
+        g(a + 1)
+        assert torch.equal(first, net(a))  # a returned output is a copy, not the static buffer
+
+
+def test_bf16_sampling_is_autocast_and_recorded(one_thread):
+    system = _system("wavediff-wg")
+    x_T = torch.randn(system.state_shape(4), generator=torch.Generator().manual_seed(1))
+    fp32 = EvalSampler(system, torch.device("cpu"))
+    bf16 = EvalSampler(system, torch.device("cpu"), precision="bf16")
+    a, b = fp32(x_T, torch.Generator().manual_seed(2)), bf16(x_T, torch.Generator().manual_seed(2))
+    assert a.dtype == b.dtype == torch.float32 and not torch.equal(a, b)  # bf16 arithmetic inside
+    assert (a - b).abs().mean() < 0.1
+    assert bf16.protocol() == {"sampler_precision": "bf16", "sampler_cuda_graphs": "off (not on cpu)"}
+    with pytest.raises(ConfigError, match="eval.precision='fp16'; valid: fp32, bf16"):
+        registry.resolve(micro("wavediff", **{"eval.precision": "fp16"}))
