@@ -56,7 +56,7 @@ def versions() -> list[str]:
 
 
 def run_cuda_tests() -> tuple[bool, str]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda and not slow", "-p", "no:cacheprovider", "tests"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     p = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
     tail = p.stdout.strip().splitlines()[-1:] or ["(no output)"]

@@ -77,13 +77,20 @@ def residual(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tens
 # --------------------------------------------------------------------------------------------------
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_positions: int = 10000) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) time indices: [sin(t w_i), cos(t w_i)], w_i = max_positions^(-i/(half-1))."""
+def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = False,
+                       downscale_freq_shift: float = 1.0, max_period: float = 10000.0) -> torch.Tensor:
+    """The one sinusoidal embedding of (B,) time indices, (B, dim), parameterised as diffusers'
+    ``get_timestep_embedding``: frequencies w_i = max_period^(-i / (half - downscale_freq_shift)), i < half =
+    dim // 2; halves [sin(t w), cos(t w)], or [cos, sin] with ``flip_sin_to_cos``; an odd dim gets a zero column.
+
+    The networks' conventions: NCSN++ and the DDGAN discriminators (the defaults: shift 1, sin first); the
+    diffusers-layout UNet (shift 0, cos first); U-KAN (shift 0, sin first)."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32)
-                      * (-math.log(max_positions) / max(half - 1, 1)))
+    exponent = -math.log(max_period) / max(half - downscale_freq_shift, 1)
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * exponent)
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)],
+                    dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from models.layers import timestep_embedding
 from torch import nn
 
 __all__ = ["UKANConfig", "UKAN", "KANLinear", "UKAN_PRESETS"]
@@ -137,14 +139,6 @@ class KANLinear(nn.Module):
         base = F.linear(F.silu(x), self.base_weight)
         spline = F.linear(self.b_splines(x).flatten(-2), self.scaled_spline_weight().flatten(1))
         return base + spline
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of integer steps, (B,) -> (B, dim): [sin(t w_i), cos(t w_i)], w_i = 10000^(-2i/dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) * 2 / dim)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
 class AttnBlock(nn.Module):
@@ -313,7 +307,7 @@ class UKAN(nn.Module):
         nn.init.xavier_uniform_(self.tail[-1].weight, gain=1e-5)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.cfg.ch).to(x.dtype))
+        temb = self.time_mlp(timestep_embedding(t, self.cfg.ch, downscale_freq_shift=0.0).to(x.dtype))
         h = self.head(x)
         hs = [h]
         for layer in self.down:

@@ -14,7 +14,6 @@ Attention uses ``F.scaled_dot_product_attention`` (counted by ``bench.evaluate.c
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["UNetConfig", "UNet", "UNET_CONFIGS", "timestep_embedding"]
+from models.layers import timestep_embedding
+
+__all__ = ["UNetConfig", "UNet", "UNET_CONFIGS"]
 
 
 @dataclass
@@ -61,15 +62,6 @@ class UNetConfig:
             if c % self.attention_head_dim:
                 raise ValueError(f"attention width {c} is not divisible by attention_head_dim="
                                  f"{self.attention_head_dim}")
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(B,) timesteps -> (B, dim) [cos(t w_i), sin(t w_i)], w_i = max_period^(-i / (dim/2)), i < dim/2."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    return F.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 class TimestepEmbedding(nn.Module):
@@ -240,7 +232,8 @@ class UNet(nn.Module):
         t = torch.as_tensor(t, device=x.device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(x.shape[0])
-        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]).to(x.dtype))
+        temb = self.time_embedding(timestep_embedding(
+            t, self.cfg.block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0.0).to(x.dtype))
 
         h = self.conv_in(x)
         skips = [h]

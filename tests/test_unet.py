@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from bench.evaluate import count_flops
 from models.ddpm import DDPMConfig, GaussianDiffusion
-from models.unet import UNET_CONFIGS, Attention, UNet, UNetConfig, timestep_embedding
+from models.layers import timestep_embedding
+from models.unet import UNET_CONFIGS, Attention, UNet, UNetConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,7 +127,7 @@ def test_diffusers_parameter_names():
 
 def test_timestep_embedding_closed_form():
     t = torch.tensor([0, 1, 17, 999])
-    emb = timestep_embedding(t, 128).numpy()
+    emb = timestep_embedding(t, 128, flip_sin_to_cos=True, downscale_freq_shift=0.0).numpy()
     w = 10000.0 ** (-np.arange(64) / 64)
     want = np.concatenate([np.cos(t.numpy()[:, None] * w), np.sin(t.numpy()[:, None] * w)], axis=1)
     np.testing.assert_allclose(emb, want, atol=2e-4)
