@@ -398,7 +398,7 @@ def test_wavelet_blocks_shapes():
     assert WaveletDownsample(4, 6)(torch.randn(2, 4, 8, 8)).shape == (2, 6, 4, 4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     torch.manual_seed(0)
     cfg = tiny_config(**W_GEN)
