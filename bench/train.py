@@ -19,6 +19,7 @@ and the EMA one foreach call on CUDA.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -32,12 +33,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from bench.data import InMemoryImages
 from bench.distributed import SINGLE, DistContext
+from models.ddgan import DDGANLoss
 
 __all__ = ["GANTrainConfig", "DiffusionTrainConfig", "TrainResult", "NonFiniteLoss", "Checkpointer",
            "BatchStream", "run_loop", "train_gan", "train_diffusion", "CHECKPOINT_VERSION", "ema_update",
@@ -500,11 +501,13 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     the calls whose gradients are applied go through DDP (D in its own step, G in its own step); the frozen or
     no-grad calls use the plain modules, which hold the same weights on every rank."""
     t: GANTrainConfig = cfg.train
-    G, D, G_ema, process = system.G, system.D, system.G_ema, system.process
+    G, D, G_ema = system.G, system.D, system.G_ema
     _prepare(system.modules(), t)
     G_par, D_par = dist.wrap(G, device), dist.wrap(D, device)
-    G_fwd, D_fwd = _compiled(G_par, t), _compiled(D_par, t)   # R1 (double backward) uses D_par itself
-    T = process.num_timesteps
+    G_fwd, D_fwd = _compiled(G_par, t), _compiled(D_par, t)   # R1 (double backward) goes through D_par itself
+    D_frozen = D_fwd if not dist.enabled else _compiled(D, t)  # G's step: D without its DDP wrapper (no gradients)
+    loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec)
+    amp = functools.partial(autocast, device, t.precision)
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
     opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
@@ -516,54 +519,23 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
 
     def update(images: torch.Tensor, step: int) -> dict:
         x0 = _batch_format(system.encode(images), t)
-        b = x0.shape[0]
 
-        # Discriminator: real pairs (x_t, x_{t+1}) against fake x_t drawn from the posterior with G's x0.
+        # Discriminator step (lazy R1 every lazy_reg steps).
         D.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        tt = torch.randint(0, T, (b,), device=x0.device)
-        x_t, x_tp1 = process.q_sample_pairs(x0, tt)
-        r1_step = t.r1_gamma > 0 and step % t.lazy_reg == 0
-        x_t.requires_grad_(r1_step)
-        with autocast(device, t.precision, enabled=not r1_step):  # the R1 pass stays in fp32
-            d_real = (D_par if r1_step else D_fwd)(x_t, tt, x_tp1.detach()).float()
-        loss_d_real = F.softplus(-d_real).mean()
-        r1 = None
-        if r1_step:
-            (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
-            r1 = t.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
-        z = torch.randn(b, system.nz, device=x0.device)
-        with torch.no_grad(), autocast(device, t.precision):
-            x0_fake = G_fwd(x_tp1, tt, z).float()
-        x_fake = process.posterior_sample(x0_fake, x_tp1, tt)
-        with autocast(device, t.precision):
-            d_fake = D_fwd(x_fake, tt, x_tp1).float()
-        loss_d_fake = F.softplus(d_fake).mean()
-        (loss_d_real + loss_d_fake + (r1 if r1 is not None else 0.0)).backward()
+        d = loss.discriminator(D_fwd, G_fwd, x0, r1=t.r1_gamma > 0 and step % t.lazy_reg == 0, D_r1=D_par,
+                               amp=amp)
+        d.pop("loss").backward()
         opt_d.step()
 
-        # Generator: fool D on fresh pairs; WaveDiff adds lambda_rec * L1 on the predicted clean coefficients.
+        # Generator step, then its EMA.
         D.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
-        tt = torch.randint(0, T, (b,), device=x0.device)
-        x_t, x_tp1 = process.q_sample_pairs(x0, tt)
-        z = torch.randn(b, system.nz, device=x0.device)
-        with autocast(device, t.precision):
-            x0_pred = G_fwd(x_tp1, tt, z).float()
-            x_fake = process.posterior_sample(x0_pred, x_tp1, tt)
-            d_gen = D_fwd(x_fake, tt, x_tp1).float()
-        loss_g_adv = F.softplus(-d_gen).mean()
-        loss_rec = F.l1_loss(x0_pred, x0)
-        loss_g = loss_g_adv + t.lambda_rec * loss_rec if t.lambda_rec > 0 else loss_g_adv
-        loss_g.backward()
+        g = loss.generator(G_fwd, D_frozen, x0, amp=amp)
+        g.pop("loss").backward()
         opt_g.step()
         ema_update(G_ema, G, t.ema_decay)
-
-        out = {"loss_d": (loss_d_real + loss_d_fake).detach(), "loss_d_real": loss_d_real.detach(),
-               "loss_d_fake": loss_d_fake.detach(), "loss_g": loss_g_adv.detach(), "loss_rec": loss_rec.detach()}
-        if r1 is not None:
-            out["r1"] = r1.detach()
-        return out
+        return {k: v.detach() for k, v in {**d, **g}.items()}
 
     return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
                     schedulers={"g": sched_g, "d": sched_d}, update=update, stream=stream, tracker=tracker,

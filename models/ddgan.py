@@ -22,15 +22,17 @@ The schedule is kept as float64 numpy arrays and cast to the input's dtype and d
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.noise import randn, randn_like
 
-__all__ = ["DDGANScheduleConfig", "DDGANProcess", "vp_time_grid", "vp_betas"]
+__all__ = ["DDGANScheduleConfig", "DDGANProcess", "DDGANLoss", "vp_time_grid", "vp_betas"]
 
 
 @dataclass
@@ -153,3 +155,61 @@ class DDGANProcess:
             x0 = generator(x, t, z)
             x = self.posterior_sample(x0, x, t, generator=generator_rng)
         return x
+
+
+def _no_amp(enabled: bool = True):
+    return contextlib.nullcontext()
+
+
+@dataclass
+class DDGANLoss:
+    """DDGAN's adversarial objective (PAPERS.md sections 1-2), beside its process: the non-saturating GAN loss on
+    posterior pairs (x_t, x_{t+1}), lazy R1 on real x_t, and WaveDiff's L1 reconstruction of the clean
+    coefficients. The networks are passed in (their DDP wrappers or compiled forms, as the trainer sees fit);
+    ``amp(enabled)`` gives the forward passes' autocast context (R1's pass always runs without it, in fp32)."""
+
+    process: DDGANProcess
+    nz: int                          # latent size of G
+    r1_gamma: float = 0.02           # R1 weight: (gamma / 2) E||grad_x D(x_t)||^2
+    lambda_rec: float = 0.0          # weight of || G(x_{t+1}) - x0 ||_1 (WaveDiff: 1)
+
+    def _pairs(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = torch.randint(0, self.process.num_timesteps, (x0.shape[0],), device=x0.device)
+        return (t, *self.process.q_sample_pairs(x0, t))
+
+    def discriminator(self, D, G, x0: torch.Tensor, *, r1: bool = False, D_r1=None, amp=_no_amp
+                      ) -> dict[str, torch.Tensor]:
+        """D's loss: real pairs against fake x_t drawn from the posterior with G's x0 (G not differentiated);
+        with ``r1``, the real pass goes through ``D_r1`` (default D) in fp32 and R1 is added. Returns the total
+        ``loss`` and its parts."""
+        b = x0.shape[0]
+        t, x_t, x_tp1 = self._pairs(x0)
+        x_t.requires_grad_(r1)
+        with amp(enabled=not r1):
+            d_real = (D_r1 if r1 and D_r1 is not None else D)(x_t, t, x_tp1.detach()).float()
+        loss_real = F.softplus(-d_real).mean()
+        out = {}
+        if r1:
+            (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
+            out["r1"] = self.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
+        z = torch.randn(b, self.nz, device=x0.device)
+        with torch.no_grad(), amp():
+            x0_fake = G(x_tp1, t, z).float()
+        x_fake = self.process.posterior_sample(x0_fake, x_tp1, t)
+        with amp():
+            loss_fake = F.softplus(D(x_fake, t, x_tp1).float()).mean()
+        total = loss_real + loss_fake
+        return {"loss": total + out["r1"] if r1 else total, "loss_d": total, "loss_d_real": loss_real,
+                "loss_d_fake": loss_fake, **out}
+
+    def generator(self, G, D, x0: torch.Tensor, *, amp=_no_amp) -> dict[str, torch.Tensor]:
+        """G's loss on fresh pairs: fool D (frozen by the caller) with the posterior sample of G's x0, plus
+        ``lambda_rec`` x L1 between G's x0 and the clean x0. Returns the total ``loss`` and its parts."""
+        t, _, x_tp1 = self._pairs(x0)
+        z = torch.randn(x0.shape[0], self.nz, device=x0.device)
+        with amp():
+            x0_pred = G(x_tp1, t, z).float()
+            x_fake = self.process.posterior_sample(x0_pred, x_tp1, t)
+            adv = F.softplus(-D(x_fake, t, x_tp1).float()).mean()
+        rec = F.l1_loss(x0_pred, x0)
+        return {"loss": adv + self.lambda_rec * rec if self.lambda_rec > 0 else adv, "loss_g": adv, "loss_rec": rec}

@@ -143,3 +143,25 @@ def test_dtype_preserved(dtype):
     post = proc.posterior_sample(x0, x_tp1, t)
     assert post.dtype == dtype and post.shape == x0.shape
     assert torch.isfinite(post).all()
+
+
+def test_loss_parts_follow_their_definitions():
+    """DDGANLoss on stand-in networks whose gradients are known: R1 = gamma/2 ||w||^2 for D = <w, x_t>; the
+    generator's total is adv + lambda_rec * L1(G's x0, x0); D's total adds R1 only on R1 steps."""
+    from models.ddgan import DDGANLoss
+
+    torch.manual_seed(0)
+    process = DDGANProcess(DDGANScheduleConfig(num_timesteps=4))
+    w = torch.randn(1, 2, 4, 4)
+    D = lambda x_t, t, x_tp1: (x_t * w).flatten(1).sum(1) + 0.0 * x_tp1.sum()  # noqa: E731
+    G = lambda x_tp1, t, z: 0.5 * x_tp1 + z.mean(1).view(-1, 1, 1, 1)          # noqa: E731
+    loss = DDGANLoss(process, nz=3, r1_gamma=0.1, lambda_rec=2.0)
+    x0 = torch.randn(5, 2, 4, 4)
+    d = loss.discriminator(D, G, x0, r1=True)
+    torch.testing.assert_close(d["r1"], 0.05 * w.pow(2).sum())
+    torch.testing.assert_close(d["loss"], d["loss_d_real"] + d["loss_d_fake"] + d["r1"])
+    plain = loss.discriminator(D, G, x0)
+    assert "r1" not in plain and torch.equal(plain["loss"], plain["loss_d"])
+    g = loss.generator(G, D, x0)
+    torch.testing.assert_close(g["loss"], g["loss_g"] + 2.0 * g["loss_rec"])
+    assert g["loss_rec"] > 0 and float(d["loss_d_real"]) > 0
