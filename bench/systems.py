@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,20 @@ class _System:
             m.to(device)
         return self
 
+    # Every family samples through the samplers' one signature: sample_fn(process, model, x_T, *, generator,
+    # callback, **sample_options) (models/ddpm.py SAMPLERS, DDGANProcess.sample, DVDPProcess.sample).
+    sample_fn: Callable[..., torch.Tensor]
+    sample_options: dict
+    process: Any
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
+        """The whole sampler from x_T, final inverse transform included: images in [-1, 1]. ``net`` stands in
+        for the sampling network (e.g. its CUDA-graph replay, bench/sampling.py)."""
+        net = net if net is not None else self.sampling_network
+        y = self.sample_fn(self.process, net, x_T, generator=rng, **self.sample_options)
+        return self.decode(y).clamp(-1, 1)
+
 
 @dataclass
 class GANModelConfig:
@@ -78,6 +92,7 @@ class GANSystem(_System):
         self.D = Discriminator(cfg.discriminator)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
         self.nz = cfg.generator.nz
+        self.sample_fn, self.sample_options = DDGANProcess.sample, {"nz": self.nz}
 
     @property
     def networks(self) -> dict[str, nn.Module]:
@@ -100,10 +115,6 @@ class GANSystem(_System):
         g = self.cfg.generator
         return (n, g.in_channels, g.image_size, g.image_size)
 
-    @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
-        y = self.process.sample(net if net is not None else self.G_ema, x_T, self.nz, generator_rng=rng)
-        return self.decode(y).clamp(-1, 1)
 
 
 @dataclass
@@ -131,6 +142,8 @@ class DiffusionSystem(_System):
         self.sampler = sampler
         self.steps = steps or (cfg.process.num_timesteps if sampler == "ddpm" else 50)
         self.sampler_kwargs = {"eta": eta, "spacing": spacing} if sampler == "ddim" else {}
+        self.process = self.diffusion
+        self.sample_fn, self.sample_options = SAMPLERS[sampler], {"steps": self.steps, **self.sampler_kwargs}
 
     @property
     def networks(self) -> dict[str, nn.Module]:
@@ -159,11 +172,6 @@ class DiffusionSystem(_System):
         mse, x0_hat = self.diffusion.loss(net if net is not None else self.denoiser, x0)
         return {"loss": mse, "loss_image": F.smooth_l1_loss(self.decode(x0_hat), images)}
 
-    @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
-        net = net if net is not None else self.sampling_network
-        y = SAMPLERS[self.sampler](self.diffusion, net, x_T, steps=self.steps, generator=rng, **self.sampler_kwargs)
-        return self.decode(y).clamp(-1, 1)
 
 
 class DVDPSystem(DiffusionSystem):
@@ -180,6 +188,9 @@ class DVDPSystem(DiffusionSystem):
         self.cfg = cfg
         self.process = DVDPProcess(cfg.process)
         self.steps = steps or (cfg.process.num_timesteps if sampler == "ddpm" else 50)
+        self.sample_fn = DVDPProcess.sample
+        self.sample_options = {"sampler": sampler, "steps": self.steps, "eta": eta if sampler == "ddim" else 0.0,
+                               "spacing": spacing if sampler == "ddim" else "linear"}
 
     def state_shape(self, n: int) -> tuple[int, ...]:
         d = self.cfg.denoiser
@@ -189,8 +200,3 @@ class DVDPSystem(DiffusionSystem):
         mse, x0_hat = self.process.loss(net if net is not None else self.denoiser, images)
         return {"loss": mse, "loss_image": F.smooth_l1_loss(x0_hat, images)}
 
-    @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, rng: torch.Generator | None = None, net=None) -> torch.Tensor:
-        kw = {"eta": self.sampler_kwargs.get("eta", 0.0), "spacing": self.sampler_kwargs.get("spacing", "linear")}
-        net = net if net is not None else self.sampling_network
-        return self.process.sample(net, x_T, sampler=self.sampler, steps=self.steps, generator=rng, **kw).clamp(-1, 1)

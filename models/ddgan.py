@@ -140,20 +140,24 @@ class DDGANProcess:
 
     # -- sampler -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, generator: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-               x_T: torch.Tensor, nz: int, generator_rng: torch.Generator | None = None) -> torch.Tensor:
-        """Run the T steps from x_T: ``x_0 = G(x, t, z)`` with fresh z (B, nz), then posterior sampling.
+    def sample(self, model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
+               *, nz: int, generator: torch.Generator | None = None,
+               callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+        """Run the T steps from x_T: ``x_0 = model(x, t, z)`` with fresh z (B, nz), then posterior sampling.
 
-        ``generator_rng`` drives both z and the posterior noise (drawn on its device: a CPU generator gives the
-        same samples on any device, see models/noise.py).
-        """
+        The samplers' one signature (``DDGANProcess.sample(process, model, x_T, *, generator, callback, ...)``, as
+        models/ddpm.py's). ``generator`` drives both z and the posterior noise (drawn on its device: a CPU
+        generator gives the same samples on any device, see models/noise.py). ``callback`` receives {"i", "t",
+        "x" (after the step), "x0_hat"} after every step."""
         x = x_T
         b = x.shape[0]
-        for i in reversed(range(self.num_timesteps)):
-            t = torch.full((b,), i, dtype=torch.long, device=x.device)
-            z = randn((b, nz), x, generator_rng)
-            x0 = generator(x, t, z)
-            x = self.posterior_sample(x0, x, t, generator=generator_rng)
+        for i, step in enumerate(reversed(range(self.num_timesteps))):
+            t = torch.full((b,), step, dtype=torch.long, device=x.device)
+            z = randn((b, nz), x, generator)
+            x0 = model(x, t, z)
+            x = self.posterior_sample(x0, x, t, generator=generator)
+            if callback is not None:
+                callback({"i": i, "t": step, "x": x, "x0_hat": x0})
         return x
 
 

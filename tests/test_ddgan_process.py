@@ -126,9 +126,9 @@ def test_sample_reproducible_with_rng_and_uses_z():
     def g(x, t, z):  # depends on z, so different z give different samples
         return torch.tanh(0.5 * x + z.mean(1).view(-1, 1, 1, 1))
 
-    a = proc.sample(g, x_T, nz=8, generator_rng=torch.Generator().manual_seed(7))
-    b = proc.sample(g, x_T, nz=8, generator_rng=torch.Generator().manual_seed(7))
-    c = proc.sample(g, x_T, nz=8, generator_rng=torch.Generator().manual_seed(8))
+    a = proc.sample(g, x_T, nz=8, generator=torch.Generator().manual_seed(7))
+    b = proc.sample(g, x_T, nz=8, generator=torch.Generator().manual_seed(7))
+    c = proc.sample(g, x_T, nz=8, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
