@@ -12,9 +12,9 @@ Metric sets (``eval.metrics.sets``; one job may ask for several, each adds its o
     (FD-DINOv2; ViT-L/14 by default, ``dinov2_model``), and precision, recall, density and coverage (Naeem et al.,
     ICML 2020) in the same features with k = ``dinov2_neighborhood`` (5, as there). Every data set, digits too
     (grey replicated to RGB), goes through torch-fidelity's DINOv2 preprocessing (bilinear resize to 224 px,
-    ImageNet normalisation) and the CLS token after the final LayerNorm. The ViT is built here (:class:`DinoV2ViT`,
-    the hub model's architecture and state_dict keys) from a local weights file, because torch-fidelity loads
-    DINOv2 only through torch.hub. Keys: fd_dinov2, precision_dinov2, recall_dinov2, density_dinov2,
+    ImageNet normalisation) and the CLS token after the final LayerNorm. The ViT (models/vit.py, the hub model's
+    architecture and state_dict keys) is loaded from a local weights file (bench/backbones.py), because
+    torch-fidelity loads DINOv2 only through torch.hub. Keys: fd_dinov2, precision_dinov2, recall_dinov2, density_dinov2,
     coverage_dinov2, backbone_dinov2, dinov2_k.
 Both: implementation, num_generated, num_reference.
 
@@ -30,9 +30,7 @@ its weights' fingerprint). The metrics themselves are pure functions of features
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +43,11 @@ import torch.nn.functional as F
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-from torch_fidelity.helpers import text_to_dtype
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TIMEOUT_S, INCEPTION, VGG16,
+                             DinoV2Arch, DinoV2FeatureExtractor, DinoV2ViT, MetricsError, Weights, file_fingerprint,
+                             load_dinov2, locate_weights, register_dinov2_model, weights_file)
 from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
 
 __all__ = [
@@ -57,7 +56,7 @@ __all__ = [
     "register_dinov2_model", "load_dinov2", "dinov2_weights_file", "inception_weights_file", "vgg16_weights_file",
     "metrics_prerequisites", "compute_metrics", "frechet_distance", "feature_statistics", "density_coverage",
     "extract_features", "extraction_seconds_per_1000", "digits_classifier", "digits_classifier_path",
-    "default_cache_dir", "resolve_backbone", "reference_images", "check_metrics_config",
+    "default_cache_dir", "resolve_backbone", "reference_images", "check_metrics_config", "DOWNLOAD_TIMEOUT_S",
 ]
 
 METRIC_SETS = ("paper", "dinov2")
@@ -71,14 +70,6 @@ CLASSIFIER_VERSION = 1  # bump when the architecture, training or feature defini
 CLASSIFIER_MIN_ACCURACY = 0.95
 CLASSIFIER_RESOLUTION = 32
 IMPLEMENTATION = f"torch-fidelity {torch_fidelity.__version__}"
-URL_VGG16 = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision VGG16_Weights.IMAGENET1K_V1
-DOWNLOAD_TIMEOUT_S = 60.0
-
-
-class MetricsError(RuntimeError):
-    """A metric backbone that cannot be set up: names the file to provide and the config key to set."""
-
-
 @dataclass
 class MetricsConfig:
     num_samples: int = 1000             # generated samples per evaluation
@@ -339,289 +330,12 @@ if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
 
 # ------------------------------------------------------------------------------------ weights files
 
-@dataclass(frozen=True)
-class _Weights:
-    """One weights file a metric set needs: where it comes from and which config key points at it."""
-    key: str              # MetricsConfig field, reported as eval.metrics.<key>
-    what: str             # what the file is, for messages
-    filename: str         # its name in torch hub's cache (the download URL's last part)
-    url: str | None       # None: no known download (a locally registered model)
-    directory_ok: bool = False  # the key may also name a directory holding the file (a torch hub dir)
-
-
-def _hub_checkpoint(filename: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def _locate_weights(w: _Weights, configured: str | None, allow_download: bool = True) -> tuple[str | None, str]:
-    """(path, "") when found: the configured file (or a torch hub dir holding it), else torch hub's cache, else a
-    fresh download (socket timeout ``DOWNLOAD_TIMEOUT_S``); (None, problem) otherwise. Computes nothing."""
-    key = f"eval.metrics.{w.key}"
-    source = f" (from {w.url})" if w.url else ""
-    if configured is not None:
-        path = Path(configured).expanduser()
-        if path.is_file():
-            return str(path), ""
-        if path.is_dir() and w.directory_ok:
-            looked = [path / w.filename, path / "checkpoints" / w.filename, path / "hub" / "checkpoints" / w.filename]
-            for p in looked:
-                if p.is_file():
-                    return str(p), ""
-            return None, (f"{key}={configured} is a directory without the {w.what} weights file {w.filename}"
-                          f"{source} (looked for {', '.join(map(str, looked))}); provide it there or set {key} "
-                          "to the file's path")
-        return None, (f"{key}={configured} does not exist; provide the {w.what} weights file ({w.filename}{source}) "
-                      f"there or set {key} to its path")
-    cached = _hub_checkpoint(w.filename)
-    if cached.is_file():
-        return str(cached), ""
-    if w.url is None:
-        reason = "no download is known for it"
-    elif not allow_download:
-        reason = "downloads were not allowed"
-    else:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a dead network must fail, not hang
-        try:
-            torch.hub.download_url_to_file(w.url, str(cached), progress=False)
-            return str(cached), ""
-        except Exception as e:
-            reason = f"the download failed ({type(e).__name__}: {e})"
-        finally:
-            socket.setdefaulttimeout(previous)
-    return None, (f"the {w.what} weights file {w.filename}{source} is missing: {key} is not set, {cached} does not "
-                  f"exist and {reason}. Provide the file {w.filename} and set {key} to its path (or place it at "
-                  f"{cached})")
-
-
-def _weights_file(w: _Weights, configured: str | None) -> str:
-    path, problem = _locate_weights(w, configured)
-    if path is None:
-        raise MetricsError(problem)
-    return path
-
-
-INCEPTION = _Weights("inception_weights", "torch-fidelity Inception-v3 (FID/KID)", Path(URL_INCEPTION_V3).name,
-                     URL_INCEPTION_V3)
-VGG16 = _Weights("vgg16_weights", "torchvision VGG16 (precision/recall)", Path(URL_VGG16).name, URL_VGG16)
-
-
 def inception_weights_file(cfg: MetricsConfig) -> str:
-    return _weights_file(INCEPTION, cfg.inception_weights)
+    return weights_file(INCEPTION, cfg.inception_weights)
 
 
 def vgg16_weights_file(cfg: MetricsConfig) -> str:
-    return _weights_file(VGG16, cfg.vgg16_weights)
-
-
-def _file_fingerprint(path: str | Path) -> str:
-    """Size plus the first and last MiB, hashed: cheap on a 1 GB file, and tells weights files apart."""
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 1 << 20:
-            f.seek(max(1 << 20, size - (1 << 20)))
-            h.update(f.read())
-    return h.hexdigest()[:12]
-
-
-# ------------------------------------------------------------------------------------ DINOv2
-
-DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"  # the hub entry points' weights (facebookresearch/dinov2)
-DINOV2_EXTRACTOR_PREFIX = "wavebench-"                 # torch-fidelity name: wavebench-dinov2-vit-l-14
-
-
-@dataclass(frozen=True)
-class DinoV2Arch:
-    """A DINOv2 backbone as facebookresearch/dinov2's hub entry point builds it (``_make_dinov2_model``)."""
-    embed_dim: int
-    depth: int
-    num_heads: int
-    ffn: str = "mlp"            # mlp | swiglu (ViT-g: SwiGLU with hidden width 2/3 * 4 * dim rounded up to 8)
-    mlp_ratio: float = 4.0
-    patch_size: int = 14
-    img_size: int = 518         # the position-embedding grid the weights hold (37 x 37 patches), interpolated
-    hub_name: str | None = None  # hub entry point and weights file stem (dinov2_vitl14); None: local weights only
-
-    def __post_init__(self):
-        if self.ffn not in ("mlp", "swiglu") or self.embed_dim % self.num_heads or self.img_size % self.patch_size:
-            raise ValueError(f"not a DINOv2 architecture: {self}")
-
-    def weights(self, model: str) -> _Weights:
-        if self.hub_name is None:
-            return _Weights("dinov2_weights", f"DINOv2 {model}", f"{model}.pth", None, directory_ok=True)
-        return _Weights("dinov2_weights", f"DINOv2 {model}", f"{self.hub_name}_pretrain.pth",
-                        f"{DINOV2_URL}/{self.hub_name}/{self.hub_name}_pretrain.pth", directory_ok=True)
-
-
-DINOV2_MODELS: dict[str, DinoV2Arch] = {  # keys: torch-fidelity's names (feature_extractor_dinov2.MODEL_METADATA)
-    "dinov2-vit-s-14": DinoV2Arch(384, 12, 6, hub_name="dinov2_vits14"),
-    "dinov2-vit-b-14": DinoV2Arch(768, 12, 12, hub_name="dinov2_vitb14"),
-    "dinov2-vit-l-14": DinoV2Arch(1024, 24, 16, hub_name="dinov2_vitl14"),
-    "dinov2-vit-g-14": DinoV2Arch(1536, 40, 24, ffn="swiglu", hub_name="dinov2_vitg14"),
-}
-
-
-class _LayerScale(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * self.gamma
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class _SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
-        self.w12, self.w3 = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        x1, x2 = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(x1) * x2)
-
-
-class _Block(nn.Module):
-    def __init__(self, arch: DinoV2Arch):
-        super().__init__()
-        dim = arch.embed_dim
-        ffn = {"mlp": _Mlp, "swiglu": _SwiGLU}[arch.ffn]
-        self.norm1, self.attn, self.ls1 = nn.LayerNorm(dim, eps=1e-6), _Attention(dim, arch.num_heads), _LayerScale(dim)
-        self.norm2, self.mlp, self.ls2 = nn.LayerNorm(dim, eps=1e-6), ffn(dim, int(dim * arch.mlp_ratio)), \
-            _LayerScale(dim)
-
-    def forward(self, x):
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class _PatchEmbed(nn.Module):
-    def __init__(self, arch: DinoV2Arch):
-        super().__init__()
-        self.proj = nn.Conv2d(3, arch.embed_dim, arch.patch_size, stride=arch.patch_size)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class DinoV2ViT(nn.Module):
-    """facebookresearch/dinov2's ``DinoVisionTransformer`` as its hub entry points build it (no registers, layer
-    scale, unchunked blocks), with the same state_dict keys, so the hub's ``*_pretrain.pth`` files load strictly.
-
-    ``forward(x)``: normalised float images (B, 3, H, W), H and W multiples of the patch size -> the CLS token after
-    the final LayerNorm (B, embed_dim), what the hub model returns and torch-fidelity's ``dinov2`` feature is.
-    """
-
-    def __init__(self, arch: DinoV2Arch):
-        super().__init__()
-        self.arch = arch
-        grid = arch.img_size // arch.patch_size
-        self.patch_embed = _PatchEmbed(arch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, arch.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, arch.embed_dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, arch.embed_dim))  # unused here; part of the hub's state_dict
-        self.blocks = nn.ModuleList(_Block(arch) for _ in range(arch.depth))
-        self.norm = nn.LayerNorm(arch.embed_dim, eps=1e-6)
-
-    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """The hub's ``interpolate_pos_encoding``: bicubic, scale factors with its 0.1 offset, no antialiasing."""
-        pos = self.pos_embed
-        n, dim = pos.shape[1] - 1, pos.shape[2]
-        h0, w0 = h // self.arch.patch_size, w // self.arch.patch_size
-        if h0 * w0 == n and h == w:
-            return pos
-        m = int(math.sqrt(n))
-        patch = F.interpolate(pos[:, 1:].float().reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic",
-                              antialias=False, scale_factor=((h0 + 0.1) / m, (w0 + 0.1) / m))
-        assert patch.shape[-2:] == (h0, w0), patch.shape
-        patch = patch.permute(0, 2, 3, 1).reshape(1, h0 * w0, dim)
-        return torch.cat((pos[:, :1].float(), patch), dim=1).to(pos.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed(x)
-        tokens = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), tokens), dim=1)
-        tokens = tokens + self._pos_embed(x.shape[-2], x.shape[-1])
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens)[:, 0]
-
-
-def load_dinov2(model: str, weights: str | Path) -> DinoV2ViT:
-    """The DINOv2 ``model`` (a :data:`DINOV2_MODELS` name) in eval mode, from a state_dict file of the hub model."""
-    with torch.device("meta"):  # no random initialisation of 300M parameters only to overwrite them
-        net = DinoV2ViT(DINOV2_MODELS[model])
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"it holds a {type(state).__name__}")
-        keys = net.load_state_dict(state, strict=False, assign=True)  # shape mismatches raise here
-        if keys.missing_keys or keys.unexpected_keys:
-            raise KeyError(f"{len(keys.missing_keys)} missing keys {keys.missing_keys[:3]}, "
-                           f"{len(keys.unexpected_keys)} unexpected keys {keys.unexpected_keys[:3]}")
-    except Exception as e:
-        raise MetricsError(f"{weights} is not a state_dict of the DINOv2 hub model {model} ({type(e).__name__}: "
-                           f"{str(e)[:400]}); set eval.metrics.dinov2_weights to that model's "
-                           f"{DINOV2_MODELS[model].weights(model).filename}") from e
-    return net.eval().requires_grad_(False)
-
-
-class DinoV2FeatureExtractor(FeatureExtractorDinoV2):
-    """torch-fidelity's DINOv2 extractor (its 224 px resize, normalisation and ``dinov2`` feature) over a
-    :class:`DinoV2ViT` built from ``feature_extractor_weights_path`` instead of torch.hub (which needs the network)."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None,
-                 feature_extractor_internal_dtype=None, **kwargs):
-        torch_fidelity.FeatureExtractorBase.__init__(self, name, features_list)
-        model = name[len(DINOV2_EXTRACTOR_PREFIX):]
-        if feature_extractor_weights_path is None:
-            raise MetricsError(f"feature extractor {name!r} needs feature_extractor_weights_path "
-                               "(see bench.metrics.dinov2_weights_file)")
-        if feature_extractor_internal_dtype not in (None, "float32", "float64"):
-            raise ValueError(f"feature_extractor_internal_dtype={feature_extractor_internal_dtype!r}")
-        self.feature_extractor_internal_dtype = text_to_dtype(feature_extractor_internal_dtype, "float32")
-        self.model = load_dinov2(model, feature_extractor_weights_path)
-        self.to(self.feature_extractor_internal_dtype)
-        self.requires_grad_(False)
-        self.eval()
-
-
-def register_dinov2_model(name: str, arch: DinoV2Arch) -> None:
-    """Make ``name`` a valid ``eval.metrics.dinov2_model`` and a torch-fidelity extractor (tests: tiny ViTs)."""
-    if DINOV2_MODELS.get(name, arch) != arch:
-        raise ValueError(f"DINOv2 model {name!r} is already registered with another architecture")
-    DINOV2_MODELS[name] = arch
-    if DINOV2_EXTRACTOR_PREFIX + name not in FEATURE_EXTRACTORS_REGISTRY:
-        torch_fidelity.register_feature_extractor(DINOV2_EXTRACTOR_PREFIX + name, DinoV2FeatureExtractor)
-
-
-for _name in DINOV2_MODELS.copy():
-    register_dinov2_model(_name, DINOV2_MODELS[_name])
+    return weights_file(VGG16, cfg.vgg16_weights)
 
 
 def dinov2_weights_file(cfg: MetricsConfig) -> str:
@@ -629,10 +343,10 @@ def dinov2_weights_file(cfg: MetricsConfig) -> str:
     ``<hub_name>_pretrain.pth`` in it or its ``checkpoints/``), else torch hub's cache, else a download."""
     if cfg.dinov2_model not in DINOV2_MODELS:
         raise ValueError(f"eval.metrics.dinov2_model={cfg.dinov2_model!r}; valid: {', '.join(DINOV2_MODELS)}")
-    return _weights_file(DINOV2_MODELS[cfg.dinov2_model].weights(cfg.dinov2_model), cfg.dinov2_weights)
+    return weights_file(DINOV2_MODELS[cfg.dinov2_model].weights(cfg.dinov2_model), cfg.dinov2_weights)
 
 
-def _needed_weights(cfg: MetricsConfig, dataset: str) -> list[tuple[_Weights, str | None]]:
+def _needed_weights(cfg: MetricsConfig, dataset: str) -> list[tuple[Weights, str | None]]:
     """The weights files (and their configured paths) that the job's metric sets will load."""
     out = []
     sets = _sets(cfg)
@@ -654,7 +368,7 @@ def metrics_prerequisites(cfg: MetricsConfig, dataset: str, *, allow_download: b
     """
     problems = []
     for w, configured in _needed_weights(cfg, dataset):
-        path, problem = _locate_weights(w, configured, allow_download)
+        path, problem = locate_weights(w, configured, allow_download)
         if path is None:
             problems.append(problem)
     return problems
@@ -843,7 +557,7 @@ def _dinov2_metrics(cfg: MetricsConfig, common: dict, ref_key: str, device: str)
 
     model, k, layer = cfg.dinov2_model, cfg.dinov2_neighborhood, "dinov2"
     weights = dinov2_weights_file(cfg)
-    tag = f"{model}-{_file_fingerprint(weights)}"
+    tag = f"{model}-{file_fingerprint(weights)}"
     kw = dict(common, feature_extractor=DINOV2_EXTRACTOR_PREFIX + model, feature_extractor_weights_path=weights,
               input2_cache_name=f"{ref_key}-{tag}", prc_neighborhood=k)
     fe = create_feature_extractor(kw["feature_extractor"], [layer], **kw)
