@@ -8,8 +8,9 @@ local executor). Each task reads its rank from the launcher (submitit's ``JobEnv
   seed (noise, time steps and latents differ between ranks, as in a single large batch);
 - trains on its slice of each global batch (``train.batch_size`` counts all ranks together, so the data order
   and the number of images per step do not depend on N); gradients are averaged by DDP;
-- agrees with the other ranks at every step on the losses (their mean is what rank 0 logs), on the NaN rule,
-  on the budget and on a stop request, so every rank stops at the same step;
+- agrees with the other ranks at every read of the losses (every ``train.log_every`` steps, before checkpoints;
+  one collective) on the losses (their mean is what rank 0 logs), the NaN rule, the wall-clock budget and a stop
+  request, so every rank stops at the same step (step budgets are the same everywhere without asking);
 - rank 0 alone logs to MLflow, writes checkpoints (holding every rank's RNG state) and evaluates.
 """
 from __future__ import annotations
@@ -69,8 +70,8 @@ class DistContext:
 
     def sync_step(self, losses: dict[str, float], flags: tuple[bool, ...], device: torch.device
                   ) -> tuple[dict[str, float], tuple[bool, ...]]:
-        """One collective per step: the mean of each loss over ranks, and each flag OR-ed over ranks.
-        A NaN on any rank makes the mean NaN everywhere, so every rank applies the NaN rule together."""
+        """One collective: the mean of each loss over ranks, and each flag OR-ed over ranks (the training loop
+        uses it once, to agree at the start). A NaN on any rank makes the mean NaN everywhere."""
         if not self.enabled:
             return losses, flags
         keys = sorted(losses)
