@@ -1,4 +1,5 @@
 import math
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -62,3 +63,72 @@ def test_experiment_has_explicit_artifact_location(store, tmp_path):
     assert get_experiment_id("exp-a") == eid
     loc = MlflowClient(store).get_experiment(eid).artifact_location
     assert loc.startswith("file://") and "artifacts" in loc
+
+
+def test_ui_urls_open_the_runs_table_with_every_run_visible(store):
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from bench.tracking import runs_table_url, ui_base, ui_lines
+
+    assert ui_base("sqlite:///x/mlflow.db") == "http://127.0.0.1:5000"
+    assert ui_base("http://login-node:5001/") == "http://login-node:5001"
+    url = runs_table_url("7", "abc123", "http://host:5001")
+    assert url.startswith("http://host:5001/#/experiments/7/runs?")
+    q = parse_qs(urlsplit(url.split("#", 1)[1]).query)
+    assert q["workflowType"] == ["machine_learning"]  # not MLflow 3's GenAI "Traces" page
+    assert q["orderByKey"] == ["tags.`mlflow.runName`"]  # child runs on their own rows, not under a collapsed parent
+    assert unquote(q["searchFilter"][0]) == "tags.`mlflow.parentRunId` = 'abc123'"
+    assert "searchFilter" not in runs_table_url("7")
+    eid = get_experiment_id("exp-ui")
+    lines = ui_lines("exp-ui", "abc123")
+    assert any(f"/#/experiments/{eid}/runs?" in line and "abc123" in line for line in lines)
+    assert any("make ui" in line for line in lines)  # a local store: how to start the UI
+    assert "does not exist" in ui_lines("nope")[0]
+
+
+def test_url_command_names_the_latest_runs_experiment(store, capsys):
+    from bench.tracking import main
+
+    assert main(["url"]) == 0
+    assert "has no runs yet" in capsys.readouterr().out
+    parent = Tracker.start("older", run_name="grid-a", tags={"kind": "grid"})
+    Tracker.start("older", run_name="job-a", parent_run_id=parent.run_id)
+    time.sleep(0.01)
+    parent = Tracker.start("newest", run_name="grid-b", tags={"kind": "grid"})
+    time.sleep(0.01)
+    child = Tracker.start("newest", run_name="job-b", parent_run_id=parent.run_id)
+    assert main(["url"]) == 0
+    out = capsys.readouterr().out
+    eid = get_experiment_id("newest")
+    assert "latest run: job-b" in out and f"/#/experiments/{eid}/runs?workflowType=machine_learning" in out
+    assert parent.run_id in out and child.run_id not in out  # the latest grid's job runs
+
+
+def test_dataset_inputs_are_logged_once(store):
+    from bench.tracking import dataset_input
+
+    t = Tracker.start("unit-ds", run_name="r")
+    train = dataset_input("digits", "train", "0123456789abcdef", 1437, (1, 32, 32), "sklearn", "code",
+                          used_for="training")
+    t.log_datasets([train])
+    Tracker.resume(t.run_id).log_datasets([train])  # a resumed run logs it again: still one input
+    (inp,) = MlflowClient(store).get_run(t.run_id).inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == ("digits-train", "0123456789abcdef")
+    assert {x.key: x.value for x in inp.tags} == {"mlflow.data.context": "train", "split": "train",
+                                                   "used_for": "training"}
+
+
+def test_system_metrics_while_running_and_not_after(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    t = Tracker.start("unit-sys", run_name="r")
+    assert t.start_system_metrics().startswith("CPU")
+    time.sleep(1.5)
+    t.end()
+    client = MlflowClient(store)
+    cpu = client.get_metric_history(t.run_id, "system/cpu_utilization_percentage")
+    mem = client.get_metric_history(t.run_id, "system/system_memory_usage_megabytes")
+    assert len(cpu) >= 2 and all(0 <= m.value <= 100 for m in cpu) and mem and mem[0].value > 0
+    time.sleep(0.5)
+    assert len(client.get_metric_history(t.run_id, "system/cpu_utilization_percentage")) == len(cpu)  # stopped
+    monkeypatch.setenv("WAVEBENCH_SYSTEM_METRICS", "0")
+    assert Tracker.start("unit-sys").start_system_metrics().startswith("off")
