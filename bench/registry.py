@@ -388,6 +388,34 @@ def _check_values(cfg: RunConfig) -> list[str]:
     return p
 
 
+_PREREQUISITE_FAILURES: dict[tuple, list[str]] = {}  # this process's failed look-ups (a download is not retried)
+
+
+def evaluation_prerequisites(cfg: RunConfig, *, allow_download: bool = True) -> list[str]:
+    """What a job needs to evaluate and does not have, found before it trains: the metric backbones' weights
+    (:func:`bench.metrics.metrics_prerequisites`: the configured path, torch hub's cache, else a download with a
+    timeout) and the data set (:func:`bench.data.check_data_config`). Nothing is loaded and no feature is computed.
+    Empty when ``eval.quality`` is false (no metric is computed). The grid runner calls it for every job before
+    submitting anything (exit 2), and every job again before it trains (so a cluster job fails in seconds)."""
+    from torch.hub import get_dir
+
+    from bench.metrics import metrics_prerequisites
+
+    problems = check_data_config(cfg.data)
+    if not cfg.eval.quality:
+        return problems
+    m = cfg.eval.metrics
+    sets = (m.sets,) if isinstance(m.sets, str) else tuple(m.sets)
+    key = (cfg.data.name, sets, m.backbone, m.inception_weights, m.vgg16_weights, m.dinov2_model, m.dinov2_weights,
+           get_dir(), allow_download)
+    if metrics_prerequisites(m, cfg.data.name, allow_download=False) and key in _PREREQUISITE_FAILURES:
+        return problems + _PREREQUISITE_FAILURES[key]  # still missing: the download failed a moment ago
+    missing = metrics_prerequisites(m, cfg.data.name, allow_download=allow_download)
+    if missing:
+        _PREREQUISITE_FAILURES[key] = missing
+    return problems + missing
+
+
 def build(cfg: RunConfig):
     return VARIANTS[cfg.variant].build(cfg)
 

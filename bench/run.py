@@ -39,7 +39,7 @@ import submitit
 import yaml
 
 from bench.config import ConfigError, RunConfig, to_dict
-from bench.tracking import REPO_ROOT, Tracker, tracking_uri
+from bench.tracking import REPO_ROOT, Tracker, current_name, tracking_uri, ui_lines
 
 __all__ = ["load_grid", "expand", "validate", "Grid", "JobTask", "main", "run_grid", "EXECUTORS"]
 
@@ -649,19 +649,32 @@ def indent(text: str) -> str:
     return "\n".join("    | " + line for line in text.splitlines())
 
 
+def prerequisite_problems(configs: list[RunConfig], allow_download: bool = True) -> list[str]:
+    """Jobs that could not be evaluated (missing metric weights or data set), found before anything is submitted:
+    :func:`bench.registry.evaluation_prerequisites`, one look-up per distinct metrics configuration."""
+    from bench import registry
+
+    jobs: dict[str, list[str]] = {}  # one line per problem, naming every job it stops
+    for i, c in enumerate(configs):
+        for p in registry.evaluation_prerequisites(c, allow_download=allow_download):
+            jobs.setdefault(p, []).append(f"{i} ({c.variant}, dataset={c.dataset})")
+    return [f"job{'s' if len(js) > 1 else ''} {', '.join(js)}: {p}" for p, js in jobs.items()]
+
+
 def summary_table(results: list[dict]) -> str:
     head = (f"{'variant':26s} {'data':8s} {'seed':>4s} {'status':9s} {'device':6s} {'FID':>8s} {'s/batch':>8s} "
             f"{'train s':>8s}  run id")
     lines = [head, "-" * len(head)]
     for r in results:
-        m = r.get("metrics") or {}
+        m = {current_name(k): v for k, v in (r.get("metrics") or {}).items()}  # runs logged before the renames
 
         def f(k, fmt):
             return format(m[k], fmt) if k in m else "-"
 
         lines.append(f"{r['variant']:26s} {r['dataset']:8s} {r['seed']:>4d} {r['status']:9s} "
                      f"{r.get('device') or '-':6s} {f('fid', '8.3f')} "
-                     f"{f('time_mean_s', '8.3f')} {f('train_wall_clock_s', '8.1f')}  {r.get('run_id') or '-'}")
+                     f"{f('sampling_s_per_batch_mean', '8.3f')} {f('train_wall_clock_s', '8.1f')}  "
+                     f"{r.get('run_id') or '-'}")
         if r["status"] == "FAILED" and r.get("reason"):
             lines.append(f"    reason: {r['reason']}")
     return "\n".join(lines)
@@ -708,9 +721,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(f"grid {grid.name} ({grid.path}): {len(configs)} jobs, experiment {grid.experiment}")
             print(dry_run_table(configs))
+            missing = prerequisite_problems(configs, allow_download=False)
+            if missing:  # a real run first tries the downloads, then stops with exit 2 if a file is still missing
+                print("\nnot on this machine yet (a real run tries to download them, and stops before training if "
+                      "it cannot):\n  - " + "\n  - ".join(missing))
             return 0
         executor = resolve_executor(executor)
         problems = device_problems(configs, executor, cluster, visible_gpus())
+        problems += prerequisite_problems(configs)
         if problems:
             raise ConfigError(problems, f"grid {grid.path}")
     except ConfigError as e:
@@ -724,7 +742,12 @@ def main(argv: list[str] | None = None) -> int:
                                   force=args.force)
     print()
     print(summary_table(results))
+    print("FID: the paper set's, in the metric backbone each run names (tag metric_backbone_fid); s/batch: mean "
+          "seconds per sampler call on eval.timing.batch_size images (sampling_s_per_batch_mean); train s: training "
+          "time (train_wall_clock_s)")
     print(f"\nparent run {parent_id} in experiment {grid.experiment!r}")
+    for line in ui_lines(grid.experiment, parent_id):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     n_failed = sum(r["status"] == "FAILED" for r in results)

@@ -1,11 +1,15 @@
+import socket
 import subprocess
 import sys
 
+import numpy as np
 import yaml
+from PIL import Image
 from mlflow.tracking import MlflowClient
 
 from bench import run
 from bench.config import ConfigError
+from bench.tracking import runs_table_url
 from conftest import EVAL_MICRO, GAN_MICRO, micro
 
 import pytest
@@ -69,6 +73,11 @@ def test_local_grid_runs_child_runs_under_a_parent_and_skips_on_rerun(store, tmp
                c.data.tags["grid"] == "g" and c.data.tags["executor"] == "local" for c in children)
     assert {c.data.tags["variant"] for c in children} == {"wavediff", "wavediff-no-rec"}
     assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["jobs_finished"] == 2
+    # Its closing lines: the runs table of this grid's job runs, then of the experiment (MLflow UI URLs).
+    pid = parents[0].info.run_id
+    urls = [line.strip() for line in out.splitlines() if line.strip().startswith("http://127.0.0.1:5000/#/")]
+    assert urls[0] == runs_table_url(exp.experiment_id, pid) and urls[1] == runs_table_url(exp.experiment_id)
+    assert f"child runs of parent run {pid}" in out and "sampling_s_per_batch_mean" in out
     # Same grid again: both skipped, nothing retrained.
     assert run.main(["--grid", str(p)]) == 0
     assert capsys.readouterr().out.count("[skip]") == 2
@@ -82,3 +91,36 @@ def test_a_failing_job_does_not_stop_the_grid(store, tmp_path, capsys):
     assert run.main(["--grid", str(p)]) == 101
     out = capsys.readouterr().out
     assert "[failed]" in out and "non-finite loss" in out and "FINISHED" in out
+
+
+def _online() -> bool:
+    try:
+        socket.create_connection(("github.com", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_grid_that_could_not_evaluate_fails_before_anything_runs(store, tmp_path, monkeypatch, capsys):
+    """Issue 16: an image folder with quality metrics on and no Inception weights reachable used to train to its
+    budget and only then fail. Now the grid stops at validation (exit 2), naming the file and the key; --dry-run
+    lists it without downloading."""
+    if _online():
+        pytest.skip("network reachable: the runner would download the Inception and VGG16 weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    p = _grid(tmp_path, name="folder", defaults={"dataset": "stl10", "scale": "tiny", "device": "cpu",
+                                                 "data": {"root": str(folder)}, "train": {"max_steps": 2}},
+              axes={"variant": ["wavediff", "ddgan"]})
+    assert run.main(["--grid", str(p), "--dry-run"]) == 0
+    assert "not on this machine yet" in capsys.readouterr().out
+    assert run.main(["--grid", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "jobs 0 (wavediff, dataset=stl10), 1 (ddgan, dataset=stl10)" in err
+    for file, key in (("weights-inception-2015-12-05-6726825d.pth", "eval.metrics.inception_weights"),
+                      ("vgg16-397923af.pth", "eval.metrics.vgg16_weights")):
+        assert file in err and f"set {key} to its path" in err
+    assert MlflowClient(store).get_experiment_by_name("grid-test") is None  # nothing ran, nothing logged
