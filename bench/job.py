@@ -3,14 +3,20 @@
 The job's working directory is ``<runs>/<train hash>/`` (``$WAVEBENCH_RUNS`` or ``<repo>/runs``): checkpoints,
 the resolved config, and one ``run-<job hash>.json`` per job that remembers its MLflow run so a resumed job
 continues the same run. A job whose hash already has a FINISHED run in the experiment is skipped.
+
+Before it trains, a job checks that it will be able to evaluate (:func:`bench.registry.evaluation_prerequisites`:
+the metric backbones' weights and the data set) and fails at once, naming the file and the key to set, if not.
+The run records its data sets as MLflow dataset inputs and the machine's utilisation as system metrics.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -19,19 +25,24 @@ import numpy as np
 import torch
 
 from bench import registry
-from bench.config import RunConfig, to_dict
-from bench.data import load_dataset
+from bench.config import ConfigError, RunConfig, to_dict
+from bench.data import ImageFolder, InMemoryImages, dataset_fingerprint, load_dataset, resolve_root
 from bench.distributed import SINGLE, DistContext, rank_seed
 from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
                             time_sampler)
-from bench.metrics import compute_metrics, reference_images, resolve_backbone
-from bench.tracking import REPO_ROOT, NullTracker, Tracker, flatten, get_experiment_id, tracking_uri
+from bench.metrics import SCORE_KEYS, compute_metrics, reference_images, resolve_backbone
+from bench.tracking import (REPO_ROOT, NullTracker, Tracker, dataset_input, flatten, get_experiment_id,
+                            tracking_uri)
 from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult, train_diffusion, train_gan
 
 __all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run", "to_uint8", "setup_training",
-           "TRAINERS"]
+           "TRAINERS", "SAMPLING_KEYS", "intermediate_metric", "dataset_digest"]
 
 TRAINERS = {"gan": train_gan, "diffusion": train_diffusion, "dvdp": train_diffusion}
+# bench.evaluate.time_sampler's keys -> the logged names (seconds per sampler call on eval.timing.batch_size images)
+SAMPLING_KEYS = {"time_mean_s": "sampling_s_per_batch_mean", "time_std_s": "sampling_s_per_batch_std",
+                 "time_median_s": "sampling_s_per_batch_median", "time_min_s": "sampling_s_per_batch_min",
+                 "time_max_s": "sampling_s_per_batch_max"}
 
 
 @dataclass
@@ -111,8 +122,9 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
         x_T = torch.randn(system.state_shape(ev.timing.batch_size), generator=g, device=device)
         timing = time_sampler(lambda x: system.sample(x, rng=torch.Generator(device=device).manual_seed(0)),
                               x_T, ev.timing, device)
-        for k in ("time_mean_s", "time_std_s", "time_median_s", "time_min_s", "time_max_s"):
-            metrics[k] = timing.pop(k)
+        for k, name in SAMPLING_KEYS.items():
+            metrics[name] = timing.pop(k)
+        metrics["sampling_s_per_sample"] = metrics["sampling_s_per_batch_mean"] / timing["time_batch_size"]
         protocol.update({f"timing_{k}": v for k, v in timing.items()})
 
         # Quality: generated samples against the reference split, through torch-fidelity.
@@ -120,12 +132,13 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
         if ev.quality:
             progress(f"generating {ev.metrics.num_samples} samples")
             images = generate(system, ev.metrics.num_samples, ev.sample_batch_size, cfg.seed + 12345, device)
-            progress("computing FID / KID / precision / recall")
+            progress(f"computing the metric sets {', '.join(_metric_sets(cfg))}")
             ref = reference_images(cfg.data, ev.metrics)
             q = compute_metrics(images, ref, dataset=cfg.data.name, cfg=ev.metrics, device=str(device))
-            for k in ("fid", "kid_mean", "kid_std", "precision", "recall"):
-                metrics[k] = q.pop(k)
-            protocol.update({f"metrics_{k}": v for k, v in q.items()})
+            scores = {k for keys in SCORE_KEYS.values() for k in keys}
+            metrics.update({k: q.pop(k) for k in list(q) if k in scores})  # every score of every set computed
+            protocol.update({f"metrics_{k}": v for k, v in q.items()})    # backbones, counts, k, implementation
+            protocol["metrics_reference_digest"] = dataset_fingerprint(ref)
         else:
             protocol["metrics_backbone_fid"] = "not computed (eval.quality = false)"
         grid_n = ev.grid_images
@@ -133,26 +146,77 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
     return metrics, protocol, grid
 
 
+def _metric_sets(cfg: RunConfig) -> tuple[str, ...]:
+    sets = cfg.eval.metrics.sets
+    return (sets,) if isinstance(sets, str) else tuple(sets)
+
+
+def intermediate_metric(cfg: RunConfig) -> tuple[str, str]:
+    """(set, logged name) of the distance measured during training: FID (``fid_intermediate``) when the paper set
+    is on, else FD-DINOv2 (``fd_dinov2_intermediate``)."""
+    return ("paper", "fid_intermediate") if "paper" in _metric_sets(cfg) else ("dinov2", "fd_dinov2_intermediate")
+
+
 def _periodic_fid(cfg: RunConfig, system, tracker, device: torch.device):
-    """FID every ``eval.every_steps`` during training, logged at that step as ``fid_intermediate`` next to the
-    training wall-clock so far (fewer samples than the final ``fid``: another protocol, hence another name).
-    It draws the convergence curve and feeds a tuning pruner."""
+    """FID every ``eval.every_steps`` during training (FD-DINOv2 when the paper set is off;
+    :func:`intermediate_metric`), logged at that step as ``fid_intermediate`` next to the training wall-clock so
+    far, ``train_wall_clock_s`` (fewer samples than the final ``fid``: another protocol, hence another name), and
+    the seconds the evaluation took, ``intermediate_eval_s``, which the training loop does not count as training
+    time. It draws the convergence curve and feeds a tuning pruner."""
     ev = cfg.eval
     if not ev.every_steps or not ev.quality:
         return None
     ref = reference_images(cfg.data, ev.metrics)
-    mcfg = replace(ev.metrics, num_samples=ev.every_num_samples)
+    which, name = intermediate_metric(cfg)
+    mcfg = replace(ev.metrics, num_samples=ev.every_num_samples, sets=(which,))
+    score = SCORE_KEYS[which][0]  # fid | fd_dinov2
 
     def on_step(step: int, train_seconds: float) -> None:
         if step % ev.every_steps:
             return
+        t0 = time.perf_counter()
         with eval_mode(*system.modules().values()):
             images = generate(system, ev.every_num_samples, ev.sample_batch_size, cfg.seed + 777, device)
         q = compute_metrics(images, ref, dataset=cfg.data.name, cfg=mcfg, device=str(device))
-        tracker.log_metrics({"fid_intermediate": q["fid"], "train_wall_clock_s": train_seconds}, step=step)
+        tracker.log_metrics({name: q[score], "train_wall_clock_s": train_seconds,
+                             "intermediate_eval_s": time.perf_counter() - t0}, step=step)
         tracker.flush()
 
+    on_step.every = ev.every_steps  # the loop reads the device before these steps: exact training time
     return on_step
+
+
+def dataset_digest(ds) -> str:
+    """Content hash of a training set: of its decoded uint8 images (in-memory sets: digits, CIFAR-10; the hash the
+    metric caches use), or of its image files' bytes and names (image folders, which are not decoded for this)."""
+    if isinstance(ds, InMemoryImages):
+        return dataset_fingerprint(ds.images)
+    h = hashlib.sha256()
+    root = Path(os.path.commonpath([str(f.parent) for f in ds.files])) if getattr(ds, "files", None) else Path()
+    for f in getattr(ds, "files", []):
+        h.update(str(f.relative_to(root)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _dataset_source(cfg: RunConfig) -> tuple[str, str]:
+    """(source type, source) of the job's data set, for its MLflow dataset inputs."""
+    if cfg.data.name == "digits":
+        return "code", f"sklearn.datasets.load_digits (8x8, 17 grey levels, resized to {cfg.data.resolution} px)"
+    root = resolve_root(cfg.data)
+    return "local", str(root) if root is not None else "?"
+
+
+def _training_input(cfg: RunConfig, ds):
+    from bench.data import reference_uint8
+
+    shape = tuple(reference_uint8(ds, 1).shape[1:])
+    kind, source = _dataset_source(cfg)
+    reference = cfg.eval.quality and cfg.eval.metrics.reference_split == "train"
+    return dataset_input(cfg.dataset, "train", dataset_digest(ds), len(ds), shape, source, kind, context="train",
+                         used_for="training and the metrics' reference set" if reference else "training")
 
 
 # ============================================================================================== the job
@@ -195,8 +259,16 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
     dist.barrier()  # the other ranks start once rank 0 has cleared old checkpoints (--force)
 
     try:
+        # Fail in seconds, not after training: the weights of the metric backbones and the data set.
+        problems = dist.broadcast(registry.evaluation_prerequisites(cfg) if dist.is_main else None)
+        if problems:
+            raise ConfigError(problems, f"{cfg.variant}: not training, this job could not be evaluated")
         tracker.log_params(flatten(cfg))
+        if dist.is_main:  # CPU/GPU utilisation and memory while the job runs; a resumed run continues its steps
+            tracker.set_tags({"system_metrics": tracker.start_system_metrics(
+                resume="system_metrics" in tracker.tags())})
         system, stream, device = setup_training(cfg, dist)
+        tracker.log_datasets([_training_input(cfg, stream.ds)])
 
         # Train (or resume; evaluation-only variants find their trained checkpoint in the same directory).
         trainer = TRAINERS[variant.family]
@@ -204,6 +276,7 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
         result: TrainResult = trainer(cfg, system, stream, tracker, workdir, device, should_stop=should_stop,
                                       progress=progress and dist.is_main, on_step=on_step, dist=dist)
         if result.interrupted:
+            tracker.stop_system_metrics()
             tracker.flush()
             return JobResult("INTERRUPTED", tracker.run_id, jh, {"train_steps": result.step}, device=device.type)
         if not dist.is_main:
@@ -212,8 +285,7 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
         return _finish(cfg, system, result, len(stream.ds), tracker, device, jh, th, progress, out_dir)
     except BaseException as e:
         if dist.is_main and isinstance(e, (KeyboardInterrupt, SystemExit)):  # killed or requeued: resumable
-            tracker.flush()
-            tracker.client.set_terminated(tracker.run_id, status="KILLED")
+            tracker.end("KILLED")
         elif dist.is_main:
             tracker.fail(f"{type(e).__name__}: {e}")
         raise
@@ -278,10 +350,19 @@ def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: 
     say = (lambda s: print(f"[{cfg.variant}] {s}", flush=True)) if progress else (lambda s: None)
     metrics, protocol, grid = evaluate(cfg, system, device, progress=say)
     tracker.log_metrics(metrics, step=result.step)
-    tracker.set_tags({"metric_backbone_fid": protocol.get("metrics_backbone_fid", ""),
+    backbones = {f"metric_{k}": protocol[f"metrics_{k}"] for k in ("backbone_fid", "backbone_prc", "backbone_dinov2")
+                 if f"metrics_{k}" in protocol}
+    tracker.set_tags({"metric_backbone_fid": protocol.get("metrics_backbone_fid", ""), **backbones,
+                      "metric_sets": ",".join(_metric_sets(cfg)),
                       "metric_implementation": protocol.get("metrics_implementation", ""),
                       "timing_device": protocol.get("timing_device_name", ""),
                       "timing_threads": protocol.get("timing_torch_threads", "")})
+    split = cfg.eval.metrics.reference_split
+    if "metrics_reference_digest" in protocol and split != "train":  # the training split is logged already
+        kind, source = _dataset_source(cfg)
+        tracker.log_datasets([dataset_input(cfg.dataset, split, protocol["metrics_reference_digest"],
+                                            protocol["metrics_num_reference"], tuple(grid.shape[1:]), source, kind,
+                                            context="evaluation", used_for="the metrics' reference set")])
     summary = {"variant": cfg.variant, "dataset": cfg.dataset, "job_hash": jh, "train_hash": th,
                "metrics": {**metrics, **train_metrics}, "protocol": {**protocol, **device_description(device)},
                "resumed_from_step": result.resumed_from}
