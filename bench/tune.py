@@ -48,21 +48,27 @@ import yaml
 
 from bench import registry
 from bench.config import ConfigError, apply_overrides, to_dict, unflatten
-from bench.tracking import REPO_ROOT, Tracker, tracking_uri
+from bench.tracking import RENAMED_METRICS, REPO_ROOT, Tracker, tracking_uri, ui_lines
 
 __all__ = ["TuneConfig", "LambdaSpace", "Objective", "SamplerSpec", "PrunerSpec", "ExecutorSpec",
            "OBJECTIVE_METRICS", "TUNABLE_VARIANTS", "INTERMEDIATE_METRIC", "load_config", "validate",
            "open_study", "tune", "TuneResult", "main"]
 
-# Final metrics a job logs (bench.job) -> the direction in which they improve.
+# Final metrics a job logs (bench.job; README "Metric names") -> the direction in which they improve.
 OBJECTIVE_METRICS: dict[str, str] = {
     "fid": "minimize", "kid_mean": "minimize", "kid_std": "minimize", "precision": "maximize",
-    "recall": "maximize", "time_mean_s": "minimize", "time_median_s": "minimize", "time_min_s": "minimize",
-    "time_max_s": "minimize", "time_std_s": "minimize", "gflops_per_sample": "minimize", "nfe": "minimize",
-    "train_wall_clock_s": "minimize", "train_images_per_s": "maximize", "train_s_per_epoch": "minimize",
+    "recall": "maximize", "fd_dinov2": "minimize", "precision_dinov2": "maximize", "recall_dinov2": "maximize",
+    "density_dinov2": "maximize", "coverage_dinov2": "maximize",
+    "sampling_s_per_batch_mean": "minimize", "sampling_s_per_batch_median": "minimize",
+    "sampling_s_per_batch_min": "minimize", "sampling_s_per_batch_max": "minimize",
+    "sampling_s_per_batch_std": "minimize", "sampling_s_per_sample": "minimize", "gflops_per_sample": "minimize",
+    "nfe": "minimize", "train_wall_clock_s": "minimize", "train_images_per_s": "maximize",
+    "train_s_per_epoch": "minimize",
 }
-QUALITY_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall")
-INTERMEDIATE_METRIC = "fid_intermediate"  # what the pruner sees, logged every eval.every_steps (lower is better)
+QUALITY_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "fd_dinov2", "precision_dinov2",
+                   "recall_dinov2", "density_dinov2", "coverage_dinov2")
+INTERMEDIATE_METRIC = "fid_intermediate"  # what the pruner sees, logged every eval.every_steps (lower is better);
+# fd_dinov2_intermediate instead when the jobs' eval.metrics.sets leave out the paper set (bench.job)
 TUNABLE_VARIANTS = tuple(n for n in registry.VARIANTS if n.startswith("wavediff") and n != "wavediff-no-rec")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "threshold", "none")
@@ -172,6 +178,11 @@ def load_config(name: str, overrides: dict | None = None) -> TuneConfig:
     tc = apply_overrides(TuneConfig(), raw, problems=problems)
     if problems:
         raise ConfigError(problems, str(path))
+    old = tc.objective.metric
+    if old in RENAMED_METRICS and RENAMED_METRICS[old] in OBJECTIVE_METRICS:  # a name from before the renames
+        tc.objective.metric = RENAMED_METRICS[old]
+        print(f"note: objective.metric {old!r} is now called {tc.objective.metric!r} (the same number; README, "
+              "\"Metric names\"): using it", file=sys.stderr)
     if not tc.study:
         tc.study = path.stem
     return tc
@@ -268,6 +279,13 @@ def validate(tc: TuneConfig) -> list[str]:
         else:
             if m in QUALITY_METRICS and not cfg.eval.quality:
                 p.append(f"objective.metric {m!r} needs base eval.quality: true")
+            from bench.metrics import SCORE_KEYS
+
+            sets = (cfg.eval.metrics.sets,) if isinstance(cfg.eval.metrics.sets, str) else tuple(cfg.eval.metrics.sets)
+            for name, keys in SCORE_KEYS.items():
+                if m in keys and name not in sets:
+                    p.append(f"objective.metric {m!r} is a score of the {name!r} metric set: add {name!r} to base "
+                             f"eval.metrics.sets (now {list(sets)})")
             if pr.name != "none" and not (cfg.eval.every_steps > 0 and cfg.eval.quality):
                 p.append(f"pruner.name {pr.name!r} needs intermediate values: set base eval.every_steps > 0 "
                          "(and eval.quality: true), or pruner: none")
@@ -422,7 +440,10 @@ class _Driver:
 
         self.env = job_environment()
         self.gpus = LocalGpus(visible_gpus() if executor_kind == "local" else [])
-        self.probe = _resolve_trial_job(tc, 1.0)  # every trial has this device and process count
+        self.probe = _resolve_trial_job(tc, 1.0)  # every trial has this device, process count and metric sets
+        from bench.job import intermediate_metric
+
+        self.intermediate = intermediate_metric(self.probe)[1]  # fid_intermediate (paper set on) or fd_dinov2_...
         self.in_flight: dict[int, _InFlight] = {}
         self.waiting: list[tuple[Any, float, str, int]] = []  # (trial, lam, job hash, number of the same job)
         self.ran = 0
@@ -556,7 +577,7 @@ class _Driver:
         """Report fid_intermediate values the job logged since the last look. True when there were any."""
         if self.find_run(r) is None:
             return False
-        hist = sorted(self.client.get_metric_history(r.run_id, INTERMEDIATE_METRIC), key=lambda m: m.step)
+        hist = sorted(self.client.get_metric_history(r.run_id, self.intermediate), key=lambda m: m.step)
         new = False
         for m in hist:
             if m.step > r.last_step:
@@ -635,7 +656,8 @@ class _Driver:
                 r.run_id = res["run_id"]
                 r.trial.set_user_attr("run_id", r.run_id)
             if res["status"] in ("FINISHED", "SKIPPED"):
-                v = res["metrics"].get(metric)
+                old = {v: k for k, v in RENAMED_METRICS.items()}.get(metric)  # a reused run logged before a rename
+                v = res["metrics"].get(metric, res["metrics"].get(old) if old else None)
                 if v is None or not math.isfinite(float(v)):
                     reason = f"the job logged no finite {metric!r} ({v!r})"
                 else:
@@ -662,7 +684,7 @@ class _Driver:
     def prune(self, r: _InFlight) -> None:
         """The pruner said stop: signal the job (SIGINT: it marks its run KILLED and exits); the trial is told
         PRUNED once the job is over (see :meth:`poll`), keeping its slot until then."""
-        self.say(f"[trial {r.trial.number}] PRUNED at step {r.last_step} ({INTERMEDIATE_METRIC}={r.last_value:.4g})")
+        self.say(f"[trial {r.trial.number}] PRUNED at step {r.last_step} ({self.intermediate}={r.last_value:.4g})")
         r.stopping_since = time.monotonic()
         try:
             if self.kind == "slurm":  # scancel's default SIGTERM is ignored by submitit's job until KillWait ends
@@ -1048,6 +1070,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_table(result.study, tc))
     print(f"\n{', '.join(f'{v} {k}' for k, v in result.counts.items())}; parent run {result.parent_run_id} "
           f"in experiment {tc.experiment!r}")
+    for line in ui_lines(tc.experiment, result.parent_run_id):
+        print(line)
     if result.best_trial is None:
         print("no trial completed: no best value", file=sys.stderr)
         return 1

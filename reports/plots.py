@@ -112,15 +112,16 @@ def _variant_handles(palette: dict, used: set) -> list:
 
 def plot_fid_vs_time(agg: pd.DataFrame, path: Path) -> Path | None:
     """FID against sampling time per batch (log x), one point per variant, the Pareto front marked."""
-    d = agg[np.isfinite(agg["fid_mean"].astype(float)) & np.isfinite(agg["time_mean_s_mean"].astype(float))]
+    d = agg[np.isfinite(agg["fid_mean"].astype(float)) &
+            np.isfinite(agg["sampling_s_per_batch_mean_mean"].astype(float))]
     if d.empty:
         return None
     groups = _groups(d)
     palette = _palette(d["variant"])
     fig, axes = _panels(len(groups))
     for ax, (p, g) in zip(axes, groups):
-        x, y = g["time_mean_s_mean"].to_numpy(float), g["fid_mean"].to_numpy(float)
-        xerr, yerr = g["time_mean_s_std"].to_numpy(float), g["fid_std"].to_numpy(float)
+        x, y = g["sampling_s_per_batch_mean_mean"].to_numpy(float), g["fid_mean"].to_numpy(float)
+        xerr, yerr = g["sampling_s_per_batch_mean_std"].to_numpy(float), g["fid_std"].to_numpy(float)
         for xi, yi, xe, ye, v in zip(x, y, xerr, yerr, g["variant"]):
             ax.errorbar(xi, yi, xerr=None if np.isnan(xe) else xe, yerr=None if np.isnan(ye) else ye,
                         fmt="o", color=palette[v], markersize=7, capsize=3)
@@ -368,7 +369,7 @@ def make_plots(experiment: str | None = None, datasets: list[str] | None = None,
     result["rank_fid_vs_fd_dinov2"] = plot_rank_fid_vs_fd_dinov2(ranks, out / f"rank_fid_vs_fd_dinov2-{suffix}.png")
     for panel in ranks:
         print(f"FID rank vs FD-DINOv2 rank, {panel['protocol'].label()}, {panel['model']}: {_tau_text(panel, 3)}")
-    why = {"fid_vs_time": "no run logged both fid and time_mean_s",
+    why = {"fid_vs_time": "no run logged both fid and sampling_s_per_batch_mean",
            "convergence": "no run logged fid or fid_intermediate with train_wall_clock_s at the same step",
            "fid_vs_ddim_steps": f"no ddpm / ddim-N runs (fill with: {DDIM_FILL})",
            "gflops": "no run logged gflops_per_sample",

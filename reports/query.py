@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.tracking import tracking_uri
+from bench.tracking import RENAMED_METRICS, tracking_uri
 
 __all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "PRESET_OF", "NOT_ROWS", "OTHER_EXPERIMENTS",
            "DEFAULT_REPORT_EXPERIMENT", "Protocol",
@@ -36,8 +36,12 @@ __all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "PRESET_OF", "NOT
            "CONVERGENCE_COLUMNS", "convergence", "log_report_artifacts", "natural_key"]
 
 # Metrics read from every run (the latest value: the evaluation is logged at the final training step).
+# Renamed metrics (bench.tracking.RENAMED_METRICS) are read under their new names, from the old name when a run
+# was logged before the rename; the old names stay readable too.
 METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "nfe", "gflops_per_sample", "params_generator",
-           "params_discriminator", "params_denoiser", "time_mean_s", "time_std_s", "time_median_s", "time_min_s",
+           "params_discriminator", "params_denoiser", "sampling_s_per_batch_mean", "sampling_s_per_batch_std",
+           "sampling_s_per_batch_median", "sampling_s_per_batch_min", "sampling_s_per_batch_max",
+           "sampling_s_per_sample", "time_mean_s", "time_std_s", "time_median_s", "time_min_s",
            "time_max_s", "train_steps", "train_epochs", "train_wall_clock_s", "train_images_per_s",
            "train_s_per_epoch")
 
@@ -185,6 +189,9 @@ def _record(run, experiment: str) -> dict | None:
     }
     for m in METRICS + DINOV2_METRICS:
         rec[m] = float(metrics[m]) if m in metrics else np.nan
+    for old, new in RENAMED_METRICS.items():  # a run logged before the renames
+        if new in rec and np.isnan(rec[new]) and old in metrics:
+            rec[new] = float(metrics[old])
     logged = any(m in metrics for m in DINOV2_METRICS)
     rec["dinov2_model"], rec["backbone_dinov2"] = _dinov2_backbone(tags, params) if logged else ("", "")
     return rec

@@ -143,7 +143,7 @@ MAIN_MEASURED = {  # column (--wide) -> (metric, format, scale)
     "Precision (measured)": ("precision", fixed(2), 1.0),
     "KID (measured)": ("kid_mean", fixed(4), 1.0),
     "NFE (measured)": ("nfe", fixed(0), 1.0),
-    "Time (s/batch) (measured)": ("time_mean_s", seconds, 1.0),
+    "Time (s/batch) (measured)": ("sampling_s_per_batch_mean", seconds, 1.0),
     "GFLOPs/sample (measured)": ("gflops_per_sample", sig, 1.0),
     "Train wall-clock (min) (measured)": ("train_wall_clock_s", sig, 1 / 60),
 }
@@ -189,7 +189,8 @@ def test_main_table_cells_are_the_logged_values(trained):
         assert disc == (expected(rs, "params_discriminator", fixed(2), 1e-6)
                         if "params_discriminator" in rs[0].data.metrics else "not logged")
         # Measured speed-up: the baseline's mean sampling time over this row's, same protocol.
-        ratio = np.mean(values(runs["ddgan"], "time_mean_s")) / np.mean(values(rs, "time_mean_s"))
+        ratio = (np.mean(values(runs["ddgan"], "sampling_s_per_batch_mean"))
+                 / np.mean(values(rs, "sampling_s_per_batch_mean")))
         assert cell(sec, model, "Sampling speed-up (measured)") == (
             "baseline" if variant == "ddgan" else ratio_text(ratio, "DDGAN"))
     assert "±" in cell(sec, "WaveDiff", "Time (s/batch) (measured)")  # two seeds, mean ± std
@@ -254,7 +255,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     assert cell(ab, "full model", "FID (published)") == "5.94"
     assert cell(ab, "full model", "Sampling speed-up (measured)") == "baseline"
     assert cell(ab, "DDGAN", "Sampling speed-up (measured)") == ratio_text(
-        t("wavediff-wg", "time_mean_s") / t("ddgan", "time_mean_s"), "the full model")
+        t("wavediff-wg", "sampling_s_per_batch_mean") / t("ddgan", "sampling_s_per_batch_mean"), "the full model")
     assert cell(ab, "w/o residual", "FID (measured)") == "missing"
     assert cell(ab, "w/o residual", "FID (published)") == "6.25"
     assert any("published numbers are on celebahq256, measured ones on digits" in line for line in ab.lines)
@@ -271,7 +272,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     assert cell(w, "WDDM UNet L1", "Training speed-up (measured)") == ratio_text(
         t("wddm-unet-l1", "train_images_per_s") / t("ddpm", "train_images_per_s"), "pixel DDPM")
     assert cell(w, "WDDM UNet L1", "Sampling speed-up (measured)") == ratio_text(
-        t("ddpm", "time_mean_s") / t("wddm-unet-l1", "time_mean_s"), "pixel DDPM")
+        t("ddpm", "sampling_s_per_batch_mean") / t("wddm-unet-l1", "sampling_s_per_batch_mean"), "pixel DDPM")
     assert cell(w, "WDDM UNet L1", "Params G/denoiser (M) (reference)") == "26.20"
     assert cell(w, "WDDM UKAN L1", "FID (measured)") == "missing"
 
@@ -299,7 +300,7 @@ def test_ablation_wddm_dvdp_ddim_cells(trained):
     assert cell(s, "S = 10", "Spacing (measured)") == "quadratic"
     assert cell(s, "S = 10", "FID eta=0 (published)") == "13.36"
     assert cell(s, "S = 10", "Sampling speed-up (measured)") == ratio_text(
-        t("ddpm", "time_mean_s") / t("ddim-10", "time_mean_s"), "DDPM (1000 steps)")
+        t("ddpm", "sampling_s_per_batch_mean") / t("ddim-10", "sampling_s_per_batch_mean"), "DDPM (1000 steps)")
     assert cell(s, "S = 50", "FID (measured)") == "missing"
 
 
@@ -383,7 +384,7 @@ def test_every_format_carries_the_same_cells(trained, name, tmp_path, capsys):
         if "fid_mean" in csv:
             assert r["fid_mean"] == pytest.approx(np.mean(values(rs, "fid")))
         if "time_s_mean" in csv:
-            assert r["time_s_mean"] == pytest.approx(np.mean(values(rs, "time_mean_s")))
+            assert r["time_s_mean"] == pytest.approx(np.mean(values(rs, "sampling_s_per_batch_mean")))
         if "nfe_mean" in csv:
             assert r["nfe_mean"] == np.mean(values(rs, "nfe"))
     pub = {row["model"]: row for row in PUBLISHED[name]["rows"]}
@@ -439,7 +440,7 @@ def test_plots_show_the_logged_values(trained, tmp_path, monkeypatch):
     (ax,), handles = seen["fid_vs_time"]
     colour = _by_colour([h for h in handles if h.get_label() != "Pareto front"])
     points = {colour[_rgb(c.lines[0])]: tuple(c.lines[0].get_xydata()[0]) for c in ax.containers}
-    want = {v: (np.mean(values(rs, "time_mean_s")), np.mean(values(rs, "fid"))) for v, rs in runs.items()}
+    want = {v: (np.mean(values(rs, "sampling_s_per_batch_mean")), np.mean(values(rs, "fid"))) for v, rs in runs.items()}
     assert set(points) == set(want)
     for v in want:
         assert points[v] == pytest.approx(want[v]), v
@@ -541,7 +542,8 @@ def test_demo_prints_reports_table_of_its_own_runs(trained, tmp_path, capsys):
         for col, (metric, fmt, scale) in PAPER_MEASURED.items():
             assert cell(sec, model, col) == expected(demo_runs[v], metric, fmt, scale), (v, col)
     assert any("(one seed per row)" in line for line in sec.lines)
-    ratio = demo_runs["ddgan"][0].data.metrics["time_mean_s"] / demo_runs["wavediff"][0].data.metrics["time_mean_s"]
+    ratio = (demo_runs["ddgan"][0].data.metrics["sampling_s_per_batch_mean"]
+             / demo_runs["wavediff"][0].data.metrics["sampling_s_per_batch_mean"])
     assert cell(sec, "WaveDiff", "Speed-up vs DDGAN (measured)") == ratio_text(ratio, "DDGAN").removesuffix(
         " than DDGAN")
     assert "4.01" not in rendered and "Published:" not in rendered
