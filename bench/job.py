@@ -31,6 +31,7 @@ from bench.distributed import SINGLE, DistContext, rank_seed
 from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
                             time_sampler)
 from bench.metrics import SCORE_KEYS, compute_metrics, reference_images, resolve_backbone
+from bench.sampling import EvalSampler
 from bench.tracking import (REPO_ROOT, NullTracker, Tracker, dataset_input, flatten, get_experiment_id,
                             tracking_uri)
 from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult, train_diffusion, train_gan
@@ -84,14 +85,16 @@ def find_finished_run(experiment: str, job_hash: str) -> dict | None:
 
 # ============================================================================================== evaluation
 
-def generate(system, n: int, batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
-    """``n`` uint8 samples; batch k uses seed (seed, k), so the set does not depend on what ran before."""
+def generate(system, n: int, batch_size: int, seed: int, device: torch.device, sampler=None) -> torch.Tensor:
+    """``n`` uint8 samples; batch k uses seed (seed, k), so the set does not depend on what ran before.
+    ``sampler(x_T, rng)`` draws them (default ``system.sample``; evaluation passes its :class:`EvalSampler`)."""
+    sample = sampler or system.sample
     out = []
     for k, start in enumerate(range(0, n, batch_size)):
         b = min(batch_size, n - start)
         g = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
         x_T = torch.randn(system.state_shape(b), generator=g, device=device)
-        out.append(to_uint8(system.sample(x_T, rng=g)).cpu())
+        out.append(to_uint8(sample(x_T, rng=g)).cpu())
     return torch.cat(out)
 
 
@@ -116,11 +119,14 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
         for name, module in system.networks.items():
             metrics[f"params_{name}"] = count_params(module)
 
-        # Sampling time: the papers' protocol (fixed x_T, warm-up, repeated timed runs, synchronised).
+        # Sampling time: the papers' protocol (fixed x_T, warm-up, repeated timed runs, synchronised), with the
+        # evaluation's numerics (eval.precision) and, on CUDA, CUDA graphs (eval.cuda_graphs): the samples below
+        # come from the same sampler.
+        sampler = EvalSampler(system, device, ev.precision, ev.cuda_graphs)
         progress("timing the sampler")
         g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         x_T = torch.randn(system.state_shape(ev.timing.batch_size), generator=g, device=device)
-        timing = time_sampler(lambda x: system.sample(x, rng=torch.Generator(device=device).manual_seed(0)),
+        timing = time_sampler(lambda x: sampler(x, rng=torch.Generator(device=device).manual_seed(0)),
                               x_T, ev.timing, device)
         for k, name in SAMPLING_KEYS.items():
             metrics[name] = timing.pop(k)
@@ -131,7 +137,7 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
         images = None
         if ev.quality:
             progress(f"generating {ev.metrics.num_samples} samples")
-            images = generate(system, ev.metrics.num_samples, ev.sample_batch_size, cfg.seed + 12345, device)
+            images = generate(system, ev.metrics.num_samples, ev.sample_batch_size, cfg.seed + 12345, device, sampler)
             progress(f"computing the metric sets {', '.join(_metric_sets(cfg))}")
             ref = reference_images(cfg.data, ev.metrics)
             q = compute_metrics(images, ref, dataset=cfg.data.name, cfg=ev.metrics, device=str(device))
@@ -142,7 +148,9 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
         else:
             protocol["metrics_backbone_fid"] = "not computed (eval.quality = false)"
         grid_n = ev.grid_images
-        grid = images[:grid_n] if images is not None else generate(system, grid_n, grid_n, cfg.seed + 12345, device)
+        grid = images[:grid_n] if images is not None else generate(system, grid_n, grid_n, cfg.seed + 12345, device,
+                                                                   sampler)
+        protocol.update(sampler.protocol())  # precision, TF32 switches, CUDA graphs (or why they fell back)
     return metrics, protocol, grid
 
 
@@ -175,8 +183,9 @@ def _periodic_fid(cfg: RunConfig, system, tracker, device: torch.device):
         if step % ev.every_steps:
             return
         t0 = time.perf_counter()
-        with eval_mode(*system.modules().values()):
-            images = generate(system, ev.every_num_samples, ev.sample_batch_size, cfg.seed + 777, device)
+        with eval_mode(*system.modules().values()):  # eager: a graph per call would cost more than it saves
+            images = generate(system, ev.every_num_samples, ev.sample_batch_size, cfg.seed + 777, device,
+                              EvalSampler(system, device, ev.precision, cuda_graphs=False))
         q = compute_metrics(images, ref, dataset=cfg.data.name, cfg=mcfg, device=str(device))
         tracker.log_metrics({name: q[score], "train_wall_clock_s": train_seconds,
                              "intermediate_eval_s": time.perf_counter() - t0}, step=step)
@@ -356,7 +365,10 @@ def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: 
                       "metric_sets": ",".join(_metric_sets(cfg)),
                       "metric_implementation": protocol.get("metrics_implementation", ""),
                       "timing_device": protocol.get("timing_device_name", ""),
-                      "timing_threads": protocol.get("timing_torch_threads", "")})
+                      "timing_threads": protocol.get("timing_torch_threads", ""),
+                      "eval_precision": protocol["sampler_precision"],
+                      "sampler_cuda_graphs": protocol["sampler_cuda_graphs"],
+                      "train_precision": cfg.train.precision})
     split = cfg.eval.metrics.reference_split
     if "metrics_reference_digest" in protocol and split != "train":  # the training split is logged already
         kind, source = _dataset_source(cfg)

@@ -63,3 +63,21 @@ def test_bf16_sampling_is_autocast_and_recorded(one_thread):
     assert bf16.protocol() == {"sampler_precision": "bf16", "sampler_cuda_graphs": "off (not on cpu)"}
     with pytest.raises(ConfigError, match="eval.precision='fp16'; valid: fp32, bf16"):
         registry.resolve(micro("wavediff", **{"eval.precision": "fp16"}))
+
+
+def test_a_job_records_how_it_sampled(store, tmp_path):
+    """eval.precision and the CUDA-graph state reach the run's tags and its eval_summary protocol."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from bench.job import run_job
+
+    r = run_job(registry.resolve(micro("wavediff", **{"eval.precision": "bf16"})), experiment="s", progress=False)
+    client = MlflowClient(store)
+    tags = client.get_run(r.run_id).data.tags
+    assert (tags["eval_precision"], tags["sampler_cuda_graphs"], tags["train_precision"]) == \
+        ("bf16", "off (not on cpu)", "fp32")
+    protocol = json.loads(open(client.download_artifacts(r.run_id, "eval_summary.json", str(tmp_path))).read())[
+        "protocol"]
+    assert protocol["sampler_precision"] == "bf16" and protocol["sampler_cuda_graphs"] == "off (not on cpu)"
