@@ -71,16 +71,20 @@ class Protocol:
     samples: str         # eval.metrics.num_samples (generated samples per FID)
     timing_device: str   # device, its name and (on CPU) the thread count
     timing_batch: str    # eval.timing.batch_size (images per timed sampler call)
+    precision: str = "fp32/fp32"  # train.precision / eval.precision (runs before these keys: fp32)
 
     def key(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
 
     def label(self) -> str:
+        numerics = "" if self.precision == "fp32/fp32" else \
+            ", precision train {} / sampling {}".format(*self.precision.split("/"))
         return (f"{self.dataset}, scale {self.scale}, metrics {self.backbone} on {self.samples} samples, "
-                f"timing {self.timing_device}, batch {self.timing_batch}")
+                f"timing {self.timing_device}, batch {self.timing_batch}{numerics}")
 
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9]+", "-", f"{self.dataset}-{self.scale}-{self.backbone}").strip("-")
+        numerics = "" if self.precision == "fp32/fp32" else "-" + self.precision.replace("/", "-")
+        return re.sub(r"[^A-Za-z0-9]+", "-", f"{self.dataset}-{self.scale}-{self.backbone}{numerics}").strip("-")
 
 
 def _device_label(tags: dict) -> str:
@@ -171,7 +175,8 @@ def _record(run, experiment: str) -> dict | None:
     proto = Protocol(dataset=tags.get("dataset", "?"), scale=tags.get("scale", params.get("scale", "?")),
                      backbone=tags.get("metric_backbone", "?") or "?",
                      samples=params.get("eval.metrics.num_samples", "?"), timing_device=_device_label(tags),
-                     timing_batch=params.get("eval.timing.batch_size", "?"))
+                     timing_batch=params.get("eval.timing.batch_size", "?"),
+                     precision=f"{params.get('train.precision', 'fp32')}/{params.get('eval.precision', 'fp32')}")
     rec = {
         "run_id": run.info.run_id, "run_name": run.info.run_name, "experiment": experiment,
         "start_time": run.info.start_time,

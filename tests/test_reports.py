@@ -363,3 +363,22 @@ def test_numbers_are_rounded_as_the_papers_print_them():
     assert [ours(v) for v in (0.0034, 0.0456, 0.515, 2.474, 40.04)] == ["0.0034", "0.046", "0.52", "2.47", "40.0"]
     assert table.MEASURES["recall"].fmt(0.399) == "0.40" and table.MEASURES["recall"].pub_fmt(0.4) == "0.40"
     assert table.MEASURES["fid"].fmt(7.034) == "7.03" and table.MEASURES["fid"].pub_fmt(25.3) == "25.30"
+
+
+def test_runs_of_another_precision_get_their_own_section(tmp_path, monkeypatch):
+    """train.precision / eval.precision are part of the protocol: a bf16 run never shares a column with fp32."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    e = client.create_experiment("prec", artifact_location=(tmp_path / "a").as_uri())
+    log_run(client, e, "wavediff", fid=10.0, time_s=0.5, published_row="WaveDiff", params=GAN_P)
+    log_run(client, e, "wavediff", fid=11.0, time_s=0.4, published_row="WaveDiff", params=GAN_P, start=5,
+            extra_params={"train.precision": "bf16", "eval.precision": "fp32"})
+    runs = query.load_runs("prec")
+    protocols = query.protocols(runs)
+    assert sorted(p.precision for p in protocols) == ["bf16/fp32", "fp32/fp32"]
+    bf16 = next(p for p in protocols if p.precision == "bf16/fp32")
+    assert bf16.label().endswith(", precision train bf16 / sampling fp32") and bf16.slug().endswith("bf16-fp32")
+    text = table.render(table.build_report(table.table_for_dataset("digits"), "prec", datasets=["digits"],
+                                           measured_only=True), "md")
+    assert "precision train bf16 / sampling fp32" in text and "10.00" in text and "11.00" in text
