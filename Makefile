@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# ddgan and wavediff at tiny scale on the embedded digits, equal training FLOPs (experiments/demo.yaml); table,
+# sample grids and the convergence plot under reports/out/.
 demo: setup
 	$(BIN)/python -m bench.demo
 
@@ -29,7 +31,10 @@ test: setup
 gpu-check:
 	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) -m bench.gpu_check
 
+# Prints the URL of the runs table of the latest run's experiment (MLflow 3 would open its GenAI "Traces" page),
+# then serves the local store on it.
 ui: setup
+	-@MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db $(BIN)/python -m bench.tracking url
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000
 
 # Paper-style tables from the MLflow store (our runs of every experiment, make demo's included, beside the
