@@ -448,7 +448,7 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
         if log_now:
             lr = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in optimizers.items()}
             per_step = (elapsed - read_elapsed) / max(1, step - read_step)
-            tracker.log_metrics({**losses, **lr, "sec_per_step": per_step, "epoch": step / stream.steps_per_epoch},
+            tracker.log_metrics({**losses, **lr, "train_s_per_step": per_step, "epoch": step / stream.steps_per_epoch},
                                 step=step)
             for k, v in losses.items():
                 history.setdefault(k, []).append((step, v))
