@@ -30,8 +30,9 @@ from bench.data import ImageFolder, InMemoryImages, dataset_fingerprint, load_da
 from bench.distributed import SINGLE, DistContext, rank_seed
 from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
                             time_sampler)
-from bench.metrics import SCORE_KEYS, compute_metrics, reference_images, resolve_backbone
+from bench.metrics import compute_metrics, reference_images, resolve_backbone
 from bench.sampling import EvalSampler
+from bench.schema import INTERMEDIATE_METRICS, SAMPLING_KEYS, SCORE_KEYS
 from bench.tracking import (REPO_ROOT, NullTracker, Tracker, dataset_input, flatten, get_experiment_id,
                             tracking_uri)
 from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult, train_diffusion, train_gan
@@ -40,10 +41,6 @@ __all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run",
            "TRAINERS", "SAMPLING_KEYS", "intermediate_metric", "dataset_digest"]
 
 TRAINERS = {"gan": train_gan, "diffusion": train_diffusion, "dvdp": train_diffusion}
-# bench.evaluate.time_sampler's keys -> the logged names (seconds per sampler call on eval.timing.batch_size images)
-SAMPLING_KEYS = {"time_mean_s": "sampling_s_per_batch_mean", "time_std_s": "sampling_s_per_batch_std",
-                 "time_median_s": "sampling_s_per_batch_median", "time_min_s": "sampling_s_per_batch_min",
-                 "time_max_s": "sampling_s_per_batch_max"}
 
 
 @dataclass
@@ -162,7 +159,8 @@ def _metric_sets(cfg: RunConfig) -> tuple[str, ...]:
 def intermediate_metric(cfg: RunConfig) -> tuple[str, str]:
     """(set, logged name) of the distance measured during training: FID (``fid_intermediate``) when the paper set
     is on, else FD-DINOv2 (``fd_dinov2_intermediate``)."""
-    return ("paper", "fid_intermediate") if "paper" in _metric_sets(cfg) else ("dinov2", "fd_dinov2_intermediate")
+    which = "paper" if "paper" in _metric_sets(cfg) else "dinov2"
+    return which, INTERMEDIATE_METRICS[which]
 
 
 def _periodic_fid(cfg: RunConfig, system, tracker, device: torch.device):

@@ -49,6 +49,7 @@ from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TI
                              DinoV2Arch, DinoV2FeatureExtractor, DinoV2ViT, MetricsError, Weights, file_fingerprint,
                              load_dinov2, locate_weights, register_dinov2_model, weights_file)
 from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
+from bench.schema import SCORE_KEYS
 
 __all__ = [
     "MetricsConfig", "MetricsError", "METRIC_SETS", "SCORE_KEYS", "BACKBONES", "DIGITS_EXTRACTOR", "DigitClassifier",
@@ -60,10 +61,6 @@ __all__ = [
 ]
 
 METRIC_SETS = ("paper", "dinov2")
-SCORE_KEYS = {  # per set, the keys of compute_metrics' result that are scores; every other key is protocol
-    "paper": ("fid", "kid_mean", "kid_std", "precision", "recall"),
-    "dinov2": ("fd_dinov2", "precision_dinov2", "recall_dinov2", "density_dinov2", "coverage_dinov2"),
-}
 BACKBONES = ("auto", "digits-classifier", "inception-vgg16")
 DIGITS_EXTRACTOR = "wavebench-digits"
 CLASSIFIER_VERSION = 1  # bump when the architecture, training or feature definition changes

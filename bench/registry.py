@@ -20,6 +20,7 @@ from bench.config import (ConfigError, EvalConfig, RunConfig, apply_overrides, c
 from bench.data import DataConfig, check_data_config, dataset_channels
 from bench.metrics import check_metrics_config
 from bench.sampling import EVAL_PRECISIONS
+from bench.schema import paper_preset
 from bench.systems import (DiffusionModelConfig, DiffusionSystem, DVDPSystem, GANModelConfig, GANSystem,
                            space_shape)
 from bench.train import DiffusionTrainConfig, GANTrainConfig, check_train_config
@@ -36,17 +37,17 @@ __all__ = ["Variant", "VARIANTS", "DATASET_PRESETS", "SCALES", "default_config",
 
 SCALES = ("tiny", "paper")
 
-# Data set presets: the data config, and which paper configuration applies. `digits` (1x32x32, embedded)
-# runs every CIFAR-10 configuration unchanged: only the channel count differs.
-DATASET_PRESETS: dict[str, tuple[DataConfig, str]] = {
-    "digits": (DataConfig(name="digits", resolution=32), "cifar10"),
-    "cifar10": (DataConfig(name="cifar10", resolution=32, hflip=True), "cifar10"),
-    "stl10": (DataConfig(name="image-folder", resolution=64, hflip=True), "stl10"),
-    "celebahq256": (DataConfig(name="image-folder", resolution=256, hflip=True), "celebahq256"),
-    "celebahq512": (DataConfig(name="image-folder", resolution=512, hflip=True), "celebahq512"),
-    "celebahq1024": (DataConfig(name="image-folder", resolution=1024, hflip=True), "celebahq1024"),
-    "lsun_church": (DataConfig(name="image-folder", resolution=256, hflip=True), "lsun_church"),
-}
+# Data set presets: the data config, and which paper configuration applies (bench.schema.paper_preset: `digits`,
+# 1x32x32 and embedded, runs every CIFAR-10 configuration unchanged; only the channel count differs).
+DATASET_PRESETS: dict[str, tuple[DataConfig, str]] = {name: (data, paper_preset(name)) for name, data in {
+    "digits": DataConfig(name="digits", resolution=32),
+    "cifar10": DataConfig(name="cifar10", resolution=32, hflip=True),
+    "stl10": DataConfig(name="image-folder", resolution=64, hflip=True),
+    "celebahq256": DataConfig(name="image-folder", resolution=256, hflip=True),
+    "celebahq512": DataConfig(name="image-folder", resolution=512, hflip=True),
+    "celebahq1024": DataConfig(name="image-folder", resolution=1024, hflip=True),
+    "lsun_church": DataConfig(name="image-folder", resolution=256, hflip=True),
+}.items()}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from bench.schema import RENAMED_METRICS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["REPO_ROOT", "tracking_uri", "artifact_root", "get_experiment_id", "flatten", "Tracker",
@@ -39,16 +41,8 @@ __all__ = ["REPO_ROOT", "tracking_uri", "artifact_root", "get_experiment_id", "f
 
 UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `make ui` serves a local store
 
-# Metrics renamed so that every name says its unit and scope (README, "Metric names"): old name -> new name.
-# Runs logged before the rename keep the old names; the reports and the tuner read them as aliases.
-RENAMED_METRICS = {
-    "time_mean_s": "sampling_s_per_batch_mean",      # seconds per sampler call on eval.timing.batch_size images
-    "time_std_s": "sampling_s_per_batch_std",
-    "time_median_s": "sampling_s_per_batch_median",
-    "time_min_s": "sampling_s_per_batch_min",
-    "time_max_s": "sampling_s_per_batch_max",
-    "sec_per_step": "train_s_per_step",              # seconds per optimisation step (bench.train)
-}
+# RENAMED_METRICS (bench.schema): metrics renamed so that every name says its unit and scope, old -> new. Runs
+# logged before a rename keep the old names; the reports and the tuner read them as aliases.
 
 
 def current_name(metric: str) -> str:

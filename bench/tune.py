@@ -48,26 +48,14 @@ import yaml
 
 from bench import registry
 from bench.config import ConfigError, apply_overrides, to_dict, unflatten
-from bench.tracking import RENAMED_METRICS, REPO_ROOT, Tracker, tracking_uri, ui_lines
+from bench.schema import INTERMEDIATE_METRICS, OBJECTIVE_METRICS, QUALITY_METRICS, RENAMED_METRICS, SCORE_KEYS
+from bench.tracking import REPO_ROOT, Tracker, tracking_uri, ui_lines
 
 __all__ = ["TuneConfig", "LambdaSpace", "Objective", "SamplerSpec", "PrunerSpec", "ExecutorSpec",
            "OBJECTIVE_METRICS", "TUNABLE_VARIANTS", "INTERMEDIATE_METRIC", "load_config", "validate",
            "open_study", "tune", "TuneResult", "main"]
 
-# Final metrics a job logs (bench.job; README "Metric names") -> the direction in which they improve.
-OBJECTIVE_METRICS: dict[str, str] = {
-    "fid": "minimize", "kid_mean": "minimize", "kid_std": "minimize", "precision": "maximize",
-    "recall": "maximize", "fd_dinov2": "minimize", "precision_dinov2": "maximize", "recall_dinov2": "maximize",
-    "density_dinov2": "maximize", "coverage_dinov2": "maximize",
-    "sampling_s_per_batch_mean": "minimize", "sampling_s_per_batch_median": "minimize",
-    "sampling_s_per_batch_min": "minimize", "sampling_s_per_batch_max": "minimize",
-    "sampling_s_per_batch_std": "minimize", "sampling_s_per_sample": "minimize", "gflops_per_sample": "minimize",
-    "nfe": "minimize", "train_wall_clock_s": "minimize", "train_images_per_s": "maximize",
-    "train_s_per_epoch": "minimize",
-}
-QUALITY_METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "fd_dinov2", "precision_dinov2",
-                   "recall_dinov2", "density_dinov2", "coverage_dinov2")
-INTERMEDIATE_METRIC = "fid_intermediate"  # what the pruner sees, logged every eval.every_steps (lower is better);
+INTERMEDIATE_METRIC = INTERMEDIATE_METRICS["paper"]  # what the pruner sees, logged every eval.every_steps (lower is better);
 # fd_dinov2_intermediate instead when the jobs' eval.metrics.sets leave out the paper set (bench.job)
 TUNABLE_VARIANTS = tuple(n for n in registry.VARIANTS if n.startswith("wavediff") and n != "wavediff-no-rec")
 SAMPLERS = ("tpe", "random")
@@ -279,7 +267,6 @@ def validate(tc: TuneConfig) -> list[str]:
         else:
             if m in QUALITY_METRICS and not cfg.eval.quality:
                 p.append(f"objective.metric {m!r} needs base eval.quality: true")
-            from bench.metrics import SCORE_KEYS
 
             sets = (cfg.eval.metrics.sets,) if isinstance(cfg.eval.metrics.sets, str) else tuple(cfg.eval.metrics.sets)
             for name, keys in SCORE_KEYS.items():

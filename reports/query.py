@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.tracking import RENAMED_METRICS, tracking_uri
+from bench.schema import RENAMED_METRICS, REPORT_METRICS, SCORE_KEYS
+from bench.tracking import tracking_uri
 
-__all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "PRESET_OF", "NOT_ROWS", "OTHER_EXPERIMENTS",
+__all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "NOT_ROWS", "OTHER_EXPERIMENTS",
            "DEFAULT_REPORT_EXPERIMENT", "Protocol",
            "scope_label", "load_runs", "select_latest", "aggregate", "protocols", "metric_history",
            "CONVERGENCE_COLUMNS", "convergence", "log_report_artifacts", "natural_key"]
@@ -38,20 +39,13 @@ __all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "PRESET_OF", "NOT
 # Metrics read from every run (the latest value: the evaluation is logged at the final training step).
 # Renamed metrics (bench.tracking.RENAMED_METRICS) are read under their new names, from the old name when a run
 # was logged before the rename; the old names stay readable too.
-METRICS = ("fid", "kid_mean", "kid_std", "precision", "recall", "nfe", "gflops_per_sample", "params_generator",
-           "params_discriminator", "params_denoiser", "sampling_s_per_batch_mean", "sampling_s_per_batch_std",
-           "sampling_s_per_batch_median", "sampling_s_per_batch_min", "sampling_s_per_batch_max",
-           "sampling_s_per_sample", "time_mean_s", "time_std_s", "time_median_s", "time_min_s",
-           "time_max_s", "train_steps", "train_epochs", "train_wall_clock_s", "train_images_per_s",
-           "train_s_per_epoch")
+METRICS = REPORT_METRICS
 
 # The dinov2 metric set (bench.metrics.SCORE_KEYS["dinov2"]), read from every run that logged it; aggregated per
 # DINOv2 model (see the module doc), so they are not in METRICS.
-DINOV2_METRICS = ("fd_dinov2", "precision_dinov2", "recall_dinov2", "density_dinov2", "coverage_dinov2")
+DINOV2_METRICS = SCORE_KEYS["dinov2"]
 DINOV2_NOT_RECORDED = "DINOv2 (backbone not recorded)"
 
-# The paper configuration a data set runs (bench.registry.DATASET_PRESETS); identity otherwise.
-PRESET_OF = {"digits": "cifar10"}
 
 REPORT_TAG = "wavebench.report"
 # Runs with a variant tag that are not job runs (tag ``kind``): grid parents, tuning studies and their trials.

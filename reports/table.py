@@ -39,7 +39,8 @@ import yaml
 
 from bench.tracking import REPO_ROOT
 from reports import query
-from reports.query import PRESET_OF, Protocol
+from bench.schema import PAPER_PRESET, paper_preset
+from reports.query import Protocol
 
 __all__ = ["PUBLISHED_YAML", "OUT_DIR", "FORMATS", "Measure", "MEASURES", "DINOV2_MEASURES", "METRIC_VIEWS", "Section",
            "Report", "load_published", "table_names", "table_for_dataset", "build_report", "render", "write_report",
@@ -49,7 +50,6 @@ PUBLISHED_YAML = Path(__file__).with_name("published.yaml")
 OUT_DIR = REPO_ROOT / "reports" / "out"
 FORMATS = {"md": "md", "latex": "tex", "html": "html", "csv": "csv"}
 # The table a data set's runs belong to when --table is not given.
-TABLE_FOR_DATASET = {"digits": "cifar10"}
 
 MISSING = "missing"        # a variant reproduces this row, but it has no FINISHED run in this protocol
 NOT_REPRODUCED = "n/a"     # no variant of the suite reproduces this row
@@ -169,7 +169,7 @@ def table_names(published: dict | None = None) -> list[str]:
 def table_for_dataset(dataset: str | None, published: dict | None = None) -> str:
     """The main table a data set's runs belong to: digits -> cifar10, cifar10 -> cifar10; else cifar10."""
     names = table_names(published)
-    return TABLE_FOR_DATASET.get(dataset or "", dataset if dataset in names else "cifar10")
+    return PAPER_PRESET.get(dataset or "", dataset if dataset in names else "cifar10")
 
 
 @dataclass
@@ -254,7 +254,7 @@ def _published_value(row: _Row, key: str) -> float:
 
 
 def _reference(pub: dict, dataset: str, variant: str | None, key: str) -> float:
-    costs = (pub.get("reference_costs") or {}).get(PRESET_OF.get(dataset, dataset), {}).get(variant or "", {})
+    costs = (pub.get("reference_costs") or {}).get(paper_preset(dataset), {}).get(variant or "", {})
     if key == "gflops":
         nfe, fwd = costs.get("nfe"), costs.get("gflops_forward")
         return float(nfe) * float(fwd) if nfe is not None and fwd is not None else np.nan
@@ -536,9 +536,9 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_r
         if published_preset and protocol.dataset != published_preset:
             lines.append(f"Measured on {protocol.dataset}"
                          + (f" with the {published_preset} paper configurations" if
-                            PRESET_OF.get(protocol.dataset, protocol.dataset) == published_preset else "")
+                            paper_preset(protocol.dataset) == published_preset else "")
                          + f"; the published numbers ({published_preset}) are not in this table.")
-    elif published_preset and PRESET_OF.get(protocol.dataset, protocol.dataset) != published_preset:
+    elif published_preset and paper_preset(protocol.dataset) != published_preset:
         lines.append(f"Not the published data set: published numbers are on {published_preset}, measured ones on "
                      f"{protocol.dataset}; compare orderings and ratios, not absolute values.")
     elif published_preset and protocol.dataset != published_preset:
