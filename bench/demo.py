@@ -62,8 +62,8 @@ def train_flops_per_step(cfg: RunConfig, batch: int = FLOPS_BATCH, full_cycle: b
     R1 penalty, so (first step + (lazy_reg - 1) x second step) / lazy_reg (``full_cycle`` counts every step of the
     cycle instead; the tests check both agree). Counted on ``batch`` images per step and scaled to the batch size:
     every counted operation is linear in it."""
-    from bench.job import TRAINERS, setup_training
-    from bench.registry import VARIANTS
+    from bench.job import setup_training
+    from bench import registry
     from bench.tracking import NullTracker
 
     t = cfg.train
@@ -75,7 +75,7 @@ def train_flops_per_step(cfg: RunConfig, batch: int = FLOPS_BATCH, full_cycle: b
     system, stream, device = setup_training(small)
     totals: list[int] = []
     with tempfile.TemporaryDirectory() as workdir, _flop_counter() as counter:
-        TRAINERS[VARIANTS[cfg.variant].family](small, system, stream, NullTracker(), workdir, device, progress=False,
+        registry.family(cfg).trainer(small, system, stream, NullTracker(), workdir, device, progress=False,
                                                on_step=lambda step, secs: totals.append(counter.get_total_flops()))
     per_step = [b - a for a, b in zip([0] + totals[:-1], totals)]
     if full_cycle or cycle == 1:

@@ -26,7 +26,7 @@ import torch
 
 from bench import registry
 from bench.config import ConfigError, RunConfig, to_dict
-from bench.data import ImageFolder, InMemoryImages, dataset_fingerprint, load_dataset, resolve_root
+from bench.data import InMemoryImages, dataset_fingerprint, load_dataset, resolve_root
 from bench.distributed import SINGLE, DistContext, rank_seed
 from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
                             time_sampler)
@@ -35,12 +35,11 @@ from bench.sampling import EvalSampler
 from bench.schema import INTERMEDIATE_METRICS, SAMPLING_KEYS, SCORE_KEYS
 from bench.tracking import (REPO_ROOT, NullTracker, Tracker, dataset_input, flatten, get_experiment_id,
                             tracking_uri)
-from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult, train_diffusion, train_gan
+from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult
 
 __all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run", "to_uint8", "setup_training",
-           "TRAINERS", "SAMPLING_KEYS", "intermediate_metric", "dataset_digest"]
+           "SAMPLING_KEYS", "intermediate_metric", "dataset_digest"]
 
-TRAINERS = {"gan": train_gan, "diffusion": train_diffusion, "dvdp": train_diffusion}
 
 
 @dataclass
@@ -278,7 +277,7 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
         tracker.log_datasets([_training_input(cfg, stream.ds)])
 
         # Train (or resume; evaluation-only variants find their trained checkpoint in the same directory).
-        trainer = TRAINERS[variant.family]
+        trainer = variant.family.trainer
         on_step = _periodic_fid(cfg, system, tracker, device) if dist.is_main else None
         result: TrainResult = trainer(cfg, system, stream, tracker, workdir, device, should_stop=should_stop,
                                       progress=progress and dist.is_main, on_step=on_step, dist=dist)
@@ -329,7 +328,7 @@ def _open_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: 
         device_tag = str(resolve_device(cfg.device))
         tracker = Tracker.start(experiment, run_name=f"{cfg.variant}-{cfg.dataset}-{jh[:6]}", parent_run_id=parent_run_id,
                                 tags={"variant": cfg.variant, "dataset": cfg.dataset, "scale": cfg.scale,
-                                      "family": variant.family, "paper": variant.paper, "job_hash": jh,
+                                      "family": variant.family.name, "paper": variant.paper, "job_hash": jh,
                                       "train_hash": th, "device": device_tag,
                                       "published_row": variant.published_row or "",
                                       "metric_backbone": resolve_backbone(cfg.eval.metrics.backbone, cfg.data.name),

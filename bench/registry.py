@@ -1,16 +1,21 @@
-"""The registry: variant name -> typed configuration + factory. Its keys are the command-line choices and
-the MLflow ``variant`` tag.
+"""The registry: variant name -> typed configuration + family. Its keys are the command-line choices and the MLflow
+``variant`` tag; every one of them is written out below (grep finds each name).
 
     python -m bench.registry list [--dataset cifar10] [--json]
+    python -m bench.registry show NAME [--dataset cifar10] [--scale paper]
 
-prints every variant with its paper, its network's parameter count at that data set's paper configuration,
-GFLOPs per network call at batch 1 (2 x multiply-adds), NFE and the published table row it reproduces.
+``list`` prints every variant with its paper, its network's parameter count at that data set's paper
+configuration, GFLOPs per network call at batch 1 (2 x multiply-adds), NFE and the published table row it
+reproduces. ``show`` prints one variant's whole definition: the resolved config, the classes and functions it
+builds (file:line), its paper and published row, parameters and FLOPs (bench/describe.py).
+
+A variant = a name, a family (bench/families.py: derived keys, checks, the system it builds, its training loop),
+and a ``configure(preset, scale)`` that gives its model, training and evaluation configs from the paper tables
+below. Variants whose resolved configs are the same share one job hash (and one training): the hashes hold the
+family, not the name.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import sys
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -18,11 +23,11 @@ from typing import Any, Callable
 from bench.config import (ConfigError, EvalConfig, RunConfig, apply_overrides, canonical, config_hash, to_dict,
                           unflatten)
 from bench.data import DataConfig, check_data_config, dataset_channels
+from bench.families import DIFFUSION, DVDP, GAN, Family  # noqa: F401 (registry.GAN ...)
 from bench.metrics import check_metrics_config
 from bench.sampling import EVAL_PRECISIONS
 from bench.schema import paper_preset
-from bench.systems import (DiffusionModelConfig, DiffusionSystem, DVDPSystem, GANModelConfig, GANSystem,
-                           space_shape)
+from bench.systems import DiffusionModelConfig, GANModelConfig
 from bench.train import DiffusionTrainConfig, GANTrainConfig, check_train_config
 from models.ddgan import DDGANScheduleConfig
 from models.discriminator import DiscriminatorConfig
@@ -32,8 +37,8 @@ from models.ncsnpp import NCSNppConfig
 from models.ukan import UKANConfig
 from models.unet import UNetConfig
 
-__all__ = ["Variant", "VARIANTS", "DATASET_PRESETS", "SCALES", "default_config", "resolve", "build",
-           "train_hash", "job_hash", "from_dict"]
+__all__ = ["Variant", "VARIANTS", "DATASET_PRESETS", "SCALES", "default_config", "resolve", "build", "family",
+           "train_hash", "job_hash", "from_dict", "evaluation_prerequisites", "describe", "main"]
 
 SCALES = ("tiny", "paper")
 
@@ -53,12 +58,11 @@ DATASET_PRESETS: dict[str, tuple[DataConfig, str]] = {name: (data, paper_preset(
 @dataclass(frozen=True)
 class Variant:
     name: str                     # command-line choice and MLflow tag
-    family: str                   # gan | diffusion | dvdp: which training loop and system
+    family: Family                # derived keys, checks, system, training loop (bench/families.py)
     paper: str                    # where the method comes from
     summary: str                  # one line: what this variant is
     published_row: str | None     # the model name of the published table row it reproduces
     configure: Callable[[str, str], tuple[Any, Any, dict]]   # (paper data set key, scale) -> model, train, eval
-    build: Callable[[RunConfig], Any]                        # resolved config -> system
     trains_as: str | None = None  # evaluation-only variants reuse this variant's trained checkpoint
 
 
@@ -131,22 +135,6 @@ def _gan_configure(base: str, lambda_rec: float, switches: tuple[str, ...] = ())
     return configure
 
 
-def _gan_derive(cfg: RunConfig, channels: int) -> RunConfig:
-    m: GANModelConfig = cfg.model
-    c, s = space_shape(channels, cfg.data.resolution, m.wavelet_levels)
-    gen = replace(m.generator, in_channels=c, out_channels=c, image_size=s)
-    disc = replace(m.discriminator, in_channels=c, image_size=s)
-    return replace(cfg, model=replace(m, generator=gen, discriminator=disc))
-
-
-def _gan_build(cfg: RunConfig) -> GANSystem:
-    return GANSystem(cfg.model)
-
-
-_GAN_DERIVED = frozenset({"model.generator.in_channels", "model.generator.out_channels",
-                          "model.generator.image_size", "model.discriminator.in_channels",
-                          "model.discriminator.image_size"})
-
 _DDGAN = "DDGAN (Xiao et al., ICLR 2022)"
 _WAVEDIFF = "WaveDiff (Phung et al., CVPR 2023)"
 VARIANTS: dict[str, Variant] = {}
@@ -156,27 +144,23 @@ def _register(v: Variant) -> None:
     VARIANTS[v.name] = v
 
 
-_register(Variant("ddgan", "gan", _DDGAN, "pixel-space DDGAN, NCSN++ generator with adaptive GroupNorm",
-                  "DDGAN", _gan_configure("ddgan", 0.0), _gan_build))
-_register(Variant("wavediff", "gan", _WAVEDIFF, "DDGAN on one-level Haar coefficients, plain generator, "
-                  "reconstruction term", "WaveDiff", _gan_configure("wavediff", 1.0), _gan_build))
-_register(Variant("wavediff-wg", "gan", _WAVEDIFF, "WaveDiff with the wavelet-embedded generator (all three "
-                  "components)", "WaveDiff + W-Generator", _gan_configure("wavediff", 1.0, _WG_SWITCHES),
-                  _gan_build))
-_register(Variant("wavediff-wg-no-residual", "gan", _WAVEDIFF, "W-Generator without the frequency residual "
-                  "connection", "w/o residual", _gan_configure("wavediff", 1.0, ("wavelet_updown",
-                                                                                   "wavelet_bottleneck")),
-                  _gan_build))
-_register(Variant("wavediff-wg-no-updown", "gan", _WAVEDIFF, "W-Generator without the frequency-aware "
-                  "down/up blocks", "w/o up&down", _gan_configure("wavediff", 1.0, ("wavelet_residual",
-                                                                                    "wavelet_bottleneck")),
-                  _gan_build))
-_register(Variant("wavediff-wg-no-bottleneck", "gan", _WAVEDIFF, "W-Generator without the frequency "
-                  "bottleneck", "w/o bottleneck", _gan_configure("wavediff", 1.0, ("wavelet_residual",
-                                                                                   "wavelet_updown")),
-                  _gan_build))
-_register(Variant("wavediff-no-rec", "gan", _WAVEDIFF, "WaveDiff (plain generator) without the reconstruction "
-                  "term (lambda_rec = 0)", None, _gan_configure("wavediff", 0.0), _gan_build))
+_NO_UPDOWN = ("wavelet_residual", "wavelet_bottleneck")
+_NO_RESIDUAL = ("wavelet_updown", "wavelet_bottleneck")
+_NO_BOTTLENECK = ("wavelet_residual", "wavelet_updown")
+_register(Variant("ddgan", GAN, _DDGAN, "pixel-space DDGAN, NCSN++ generator with adaptive GroupNorm", "DDGAN",
+                  _gan_configure("ddgan", 0.0)))
+_register(Variant("wavediff", GAN, _WAVEDIFF, "DDGAN on one-level Haar coefficients, plain generator, "
+                  "reconstruction term", "WaveDiff", _gan_configure("wavediff", 1.0)))
+_register(Variant("wavediff-wg", GAN, _WAVEDIFF, "WaveDiff with the wavelet-embedded generator (all three "
+                  "components)", "WaveDiff + W-Generator", _gan_configure("wavediff", 1.0, _WG_SWITCHES)))
+_register(Variant("wavediff-wg-no-residual", GAN, _WAVEDIFF, "W-Generator without the frequency residual "
+                  "connection", "w/o residual", _gan_configure("wavediff", 1.0, _NO_RESIDUAL)))
+_register(Variant("wavediff-wg-no-updown", GAN, _WAVEDIFF, "W-Generator without the frequency-aware down/up blocks",
+                  "w/o up&down", _gan_configure("wavediff", 1.0, _NO_UPDOWN)))
+_register(Variant("wavediff-wg-no-bottleneck", GAN, _WAVEDIFF, "W-Generator without the frequency bottleneck",
+                  "w/o bottleneck", _gan_configure("wavediff", 1.0, _NO_BOTTLENECK)))
+_register(Variant("wavediff-no-rec", GAN, _WAVEDIFF, "WaveDiff (plain generator) without the reconstruction term "
+                  "(lambda_rec = 0)", None, _gan_configure("wavediff", 0.0)))
 
 # ============================================================================================== DDPM family
 # PAPERS.md sections 3 and 5. Denoiser tables: (kind, paper config per data set key, tiny config).
@@ -224,39 +208,33 @@ def _diffusion_configure(kind: str, levels: int, sampler: str = "ddpm", steps: i
     return configure
 
 
-def _diffusion_derive(cfg: RunConfig, channels: int) -> RunConfig:
-    m: DiffusionModelConfig = cfg.model
-    c, s = space_shape(channels, cfg.data.resolution, m.wavelet_levels)
-    den = replace(m.denoiser, in_channels=c, out_channels=c, image_size=s)
-    return replace(cfg, model=replace(m, denoiser=den))
-
-
-def _diffusion_build(cfg: RunConfig) -> DiffusionSystem:
-    ev = cfg.eval
-    return DiffusionSystem(cfg.model, sampler=ev.sampler, steps=ev.steps, eta=ev.eta, spacing=ev.spacing)
-
-
-_DIFF_DERIVED = frozenset({"model.denoiser.in_channels", "model.denoiser.out_channels", "model.denoiser.image_size"})
 _DDPM = "DDPM (Ho et al., NeurIPS 2020)"
 _DDIM = "DDIM (Song et al., ICLR 2021)"
 _WDDM = "WDDM (Aivazoglou-Vounatsos and Mehdipour Ghazi, FAIEMA 2025)"
 
-_register(Variant("ddpm", "diffusion", _DDPM, "pixel-space DDPM, UNet (WDDM level-1 widths), 1000 ancestral steps",
-                  "DDPM", _diffusion_configure("unet", 0), _diffusion_build))
-for _n in (10, 20, 50, 100):
-    _register(Variant(f"ddim-{_n}", "diffusion", _DDIM, f"the trained ddpm model sampled with DDIM, {_n} steps, "
-                      "eta 0, quadratic sub-sequence", "DDIM" if _n == 50 else f"DDIM ({_n} steps)",
-                      _diffusion_configure("unet", 0, "ddim", _n, "quadratic"), _diffusion_build, trains_as="ddpm"))
-for _kind in ("unet", "ukan"):
-    for _lvl in (1, 2):
-        _register(Variant(f"wddm-{_kind}-l{_lvl}", "diffusion", _WDDM,
-                          f"DDPM on level-{_lvl} Haar coefficients / {2**_lvl}, {_kind.upper()} denoiser",
-                          f"WDDM {dict(unet='UNet', ukan='UKAN')[_kind]} L{_lvl}", _diffusion_configure(_kind, _lvl),
-                          _diffusion_build))
+_DDIM_SUMMARY = "the trained ddpm model sampled with DDIM, {} steps, eta 0, quadratic sub-sequence"
+_register(Variant("ddpm", DIFFUSION, _DDPM, "pixel-space DDPM, UNet (WDDM level-1 widths), 1000 ancestral steps",
+                  "DDPM", _diffusion_configure("unet", 0)))
+_register(Variant("ddim-10", DIFFUSION, _DDIM, _DDIM_SUMMARY.format(10), "DDIM (10 steps)",
+                  _diffusion_configure("unet", 0, "ddim", 10, "quadratic"), trains_as="ddpm"))
+_register(Variant("ddim-20", DIFFUSION, _DDIM, _DDIM_SUMMARY.format(20), "DDIM (20 steps)",
+                  _diffusion_configure("unet", 0, "ddim", 20, "quadratic"), trains_as="ddpm"))
+_register(Variant("ddim-50", DIFFUSION, _DDIM, _DDIM_SUMMARY.format(50), "DDIM",
+                  _diffusion_configure("unet", 0, "ddim", 50, "quadratic"), trains_as="ddpm"))
+_register(Variant("ddim-100", DIFFUSION, _DDIM, _DDIM_SUMMARY.format(100), "DDIM (100 steps)",
+                  _diffusion_configure("unet", 0, "ddim", 100, "quadratic"), trains_as="ddpm"))
+_WDDM_SUMMARY = "DDPM on level-{0} Haar coefficients / {1}, {2} denoiser"
+_register(Variant("wddm-unet-l1", DIFFUSION, _WDDM, _WDDM_SUMMARY.format(1, 2, "UNet"), "WDDM UNet L1",
+                  _diffusion_configure("unet", 1)))
+_register(Variant("wddm-unet-l2", DIFFUSION, _WDDM, _WDDM_SUMMARY.format(2, 4, "UNet"), "WDDM UNet L2",
+                  _diffusion_configure("unet", 2)))
+_register(Variant("wddm-ukan-l1", DIFFUSION, _WDDM, _WDDM_SUMMARY.format(1, 2, "U-KAN"), "WDDM UKAN L1",
+                  _diffusion_configure("ukan", 1)))
+_register(Variant("wddm-ukan-l2", DIFFUSION, _WDDM, _WDDM_SUMMARY.format(2, 4, "U-KAN"), "WDDM UKAN L2",
+                  _diffusion_configure("ukan", 2)))
 
 # ============================================================================================== DVDP
 # PAPERS.md section 4 (no public code; construction in docs/dvdp.md). The denoiser is the pixel DDPM UNet.
-_DVDP_PRESETS = {"dvdp": ((500, 2),), "dvdp-tp1": ((500, 2),), "dvdp-tp2": ((400, 2), (700, 2))}
 
 
 def _dvdp_configure(turning_points):
@@ -270,19 +248,13 @@ def _dvdp_configure(turning_points):
     return configure
 
 
-def _dvdp_build(cfg: RunConfig) -> DVDPSystem:
-    ev = cfg.eval
-    return DVDPSystem(cfg.model, sampler=ev.sampler, steps=ev.steps, eta=ev.eta, spacing=ev.spacing)
-
-
 _DVDP = "DVDP (Zhang et al., CVPR 2023)"
-for _name, _tp in _DVDP_PRESETS.items():
-    _register(Variant(_name, "dvdp", _DVDP, f"dimensionality-varying DDPM, turning points {list(map(list, _tp))} "
-                      f"(model.process.turning_points), pixel UNet", "DVDP" if _name == "dvdp" else None,
-                      _dvdp_configure(_tp), _dvdp_build))
-
-_DERIVE = {"gan": _gan_derive, "diffusion": _diffusion_derive, "dvdp": _diffusion_derive}
-_DERIVED_KEYS = {"gan": _GAN_DERIVED, "diffusion": _DIFF_DERIVED, "dvdp": _DIFF_DERIVED}
+_DVDP_SUMMARY = "dimensionality-varying DDPM, turning points {} (model.process.turning_points), pixel UNet"
+# dvdp and dvdp-tp1 are the same configuration (the published table has a row for each): one job hash.
+_register(Variant("dvdp", DVDP, _DVDP, _DVDP_SUMMARY.format([[500, 2]]), "DVDP", _dvdp_configure(((500, 2),))))
+_register(Variant("dvdp-tp1", DVDP, _DVDP, _DVDP_SUMMARY.format([[500, 2]]), None, _dvdp_configure(((500, 2),))))
+_register(Variant("dvdp-tp2", DVDP, _DVDP, _DVDP_SUMMARY.format([[400, 2], [700, 2]]), None,
+                  _dvdp_configure(((400, 2), (700, 2)))))
 
 
 # ============================================================================================== resolution
@@ -321,15 +293,15 @@ def resolve(job: dict, check_paths: bool = True, allow_derived: bool = False) ->
     if "variant" not in job:
         raise ConfigError([f"missing key 'variant'; valid variants: {', '.join(VARIANTS)}"])
     cfg = default_config(job.pop("variant"), job.pop("dataset", "digits"), job.pop("scale", "tiny"))
-    family = VARIANTS[cfg.variant].family
+    fam = VARIANTS[cfg.variant].family
     problems: list[str] = []
-    frozen = frozenset() if allow_derived else _DERIVED_KEYS.get(family, frozenset())
+    frozen = frozenset() if allow_derived else fam.derived_keys
     cfg = apply_overrides(cfg, job, problems=problems, frozen_keys=frozen)
     if check_paths:
         problems += check_data_config(cfg.data)
     if not problems:
         try:
-            cfg = _DERIVE[family](cfg, dataset_channels(cfg.data))
+            cfg = fam.derive(cfg, dataset_channels(cfg.data))
         except (ValueError, TypeError) as e:
             problems.append(str(e))
     if not problems:  # value checks need well-typed values
@@ -362,19 +334,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     p += check_metrics_config(cfg.eval.metrics)
     if cfg.eval.metrics.backbone == "digits-classifier" and cfg.data.name != "digits":
         p.append("eval.metrics.backbone=digits-classifier only applies to the digits data set")
-    if VARIANTS[cfg.variant].family == "gan" and (cfg.eval.sampler != "default" or cfg.eval.steps):
-        p.append("eval.sampler / eval.steps do not apply to GAN variants (their sampler is the T-step posterior "
-                 "chain; set model.schedule.num_timesteps)")
-    if VARIANTS[cfg.variant].family != "gan":
-        if cfg.eval.sampler not in ("ddpm", "ddim"):
-            p.append(f"eval.sampler={cfg.eval.sampler!r}; valid: ddpm, ddim")
-        if cfg.eval.spacing not in ("linear", "quadratic", "leading"):
-            p.append(f"eval.spacing={cfg.eval.spacing!r}; valid: linear, quadratic, leading")
-        T = cfg.model.process.num_timesteps
-        if cfg.eval.sampler == "ddpm" and cfg.eval.steps not in (0, T):
-            p.append(f"eval.steps={cfg.eval.steps}: DDPM sampling uses all {T} steps (set 0, or eval.sampler: ddim)")
-        if not 0 <= cfg.eval.steps <= T:
-            p.append(f"eval.steps={cfg.eval.steps} must lie in [0, {T}]")
+    p += family(cfg).check(cfg)
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda")):
         p.append(f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
     if cfg.processes < 1:
@@ -417,82 +377,44 @@ def evaluation_prerequisites(cfg: RunConfig, *, allow_download: bool = True) -> 
     return problems + missing
 
 
+def family(cfg: RunConfig) -> Family:
+    """The family of a config's variant (its system, checks and training loop)."""
+    return VARIANTS[cfg.variant].family
+
+
 def build(cfg: RunConfig):
-    return VARIANTS[cfg.variant].build(cfg)
+    """The system (networks + process) of a resolved config."""
+    return family(cfg).build(cfg)
 
 
 def train_hash(cfg: RunConfig) -> str:
-    """Identifies a training run: what is trained, on what, how (not how it is evaluated or where it runs)."""
-    v = VARIANTS[cfg.variant]
+    """Identifies a training run: what is trained, on what, how (not how it is evaluated or where it runs). The
+    family, not the variant's name: variants that train the same thing (ddpm and its ddim-N evaluations, dvdp and
+    dvdp-tp1) share one training."""
     d = to_dict(cfg)
-    return config_hash({"variant": v.trains_as or v.name, "dataset": cfg.dataset, "scale": cfg.scale,
+    return config_hash({"family": family(cfg).name, "dataset": cfg.dataset, "scale": cfg.scale,
                         "seed": cfg.seed, "processes": cfg.processes, "data": d["data"], "model": d["model"],
                         "train": d["train"]})
 
 
 def job_hash(cfg: RunConfig) -> str:
-    """Identifies a job: the whole resolved config."""
-    return config_hash(cfg)
+    """Identifies a job: the whole resolved config, with the family in place of the variant's name (two names
+    for one configuration are one job)."""
+    return config_hash({**to_dict(cfg), "variant": family(cfg).name})
 
-
-# ============================================================================================== listing
 
 def describe(name: str, dataset: str = "cifar10") -> dict:
-    """Paper-configuration facts of one variant on one data set preset, measured on the built network."""
-    from bench.evaluate import count_flops, count_params
-    import torch
+    """Paper-configuration facts of one variant on one data set preset (see bench/describe.py)."""
+    from bench.describe import describe as _describe
 
-    cfg = resolve({"variant": name, "dataset": dataset, "scale": "paper"}, check_paths=False)
-    with torch.device("meta"):  # shapes only: counting needs no memory and no arithmetic
-        system = build(cfg)
-        net = system.sampling_network
-        args = (torch.zeros(system.state_shape(1)), torch.zeros(1, dtype=torch.long))
-        if VARIANTS[name].family == "gan":
-            args = args + (torch.zeros(1, system.nz),)
-        flops = count_flops(net, *args)
-    return {
-        "name": name,
-        "paper": VARIANTS[name].paper,
-        "dataset": dataset,
-        "params": count_params(net),
-        "gflops_per_call": flops / 1e9,
-        "nfe": system.nfe,
-        "published_row": VARIANTS[name].published_row,
-    }
+    return _describe(name, dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.registry", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ls = sub.add_parser("list", help="every variant with params, GFLOPs per call, NFE, published row")
-    ls.add_argument("--dataset", default="cifar10", help=f"data set preset ({', '.join(DATASET_PRESETS)})")
-    ls.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    if args.dataset not in DATASET_PRESETS:
-        print(f"error: unknown dataset {args.dataset!r}; valid: {', '.join(DATASET_PRESETS)}", file=sys.stderr)
-        return 2
-    rows = []
-    for name in VARIANTS:
-        try:
-            rows.append(describe(name, args.dataset))
-        except ConfigError as e:
-            rows.append({"name": name, "paper": VARIANTS[name].paper, "dataset": args.dataset, "params": None,
-                         "gflops_per_call": None, "nfe": None, "published_row": VARIANTS[name].published_row,
-                         "note": str(e)})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'variant':28s} {'params':>9s} {'GFLOPs/call':>11s} {'NFE':>5s}  {'published row':24s} paper")
-    for r in rows:
-        if r["params"] is None:
-            print(f"{r['name']:28s} {'-':>9s} {'-':>11s} {'-':>5s}  {str(r['published_row'] or '-'):24s} "
-                  f"(no {args.dataset} paper configuration)")
-            continue
-        print(f"{r['name']:28s} {r['params'] / 1e6:8.2f}M {r['gflops_per_call']:11.2f} {r['nfe']:5d}  "
-              f"{str(r['published_row'] or '-'):24s} {r['paper']}")
-    print(f"(data set preset {args.dataset}, paper configuration, batch 1; GFLOPs = 2 x multiply-adds, "
-          "torch FlopCounterMode)")
-    return 0
+    """``python -m bench.registry list|show`` (bench/describe.py)."""
+    from bench.describe import main as _main
+
+    return _main(argv)
 
 
 if __name__ == "__main__":

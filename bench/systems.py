@@ -82,8 +82,6 @@ class GANModelConfig:
 class GANSystem(_System):
     """DDGAN / WaveDiff: x0-predicting generator G(x_{t+1}, t, z), discriminator D, EMA copy of G."""
 
-    family = "gan"
-
     def __init__(self, cfg: GANModelConfig):
         self.cfg = cfg
         self.wavelet_levels = cfg.wavelet_levels
@@ -127,8 +125,6 @@ class DiffusionModelConfig:
 
 class DiffusionSystem(_System):
     """DDPM / WDDM: an epsilon- (or x0-) predicting denoiser, sampled with DDPM or DDIM."""
-
-    family = "diffusion"
 
     def __init__(self, cfg: DiffusionModelConfig, sampler: str = "ddpm", steps: int = 0, eta: float = 0.0,
                  spacing: str = "linear"):
@@ -177,8 +173,6 @@ class DiffusionSystem(_System):
 class DVDPSystem(DiffusionSystem):
     """DVDP: one UNet (fully convolutional) denoises every stage at that stage's resolution; the state shrinks
     2x at each turning point (models/dvdp.py, docs/dvdp.md)."""
-
-    family = "dvdp"
 
     def __init__(self, cfg: DiffusionModelConfig, sampler: str = "ddpm", steps: int = 0, eta: float = 0.0,
                  spacing: str = "linear"):

@@ -79,7 +79,7 @@ def micro(variant: str, **extra) -> dict:
     """A job mapping for ``variant`` at the smallest size that still exercises every code path."""
     from bench import registry
 
-    fam = registry.VARIANTS[variant].family
+    fam = registry.VARIANTS[variant].family.name
     model = GAN_MICRO if fam == "gan" else (UKAN_MICRO if "ukan" in variant else DIFF_MICRO)
     if variant.startswith("ddim-"):
         model = {k: v for k, v in model.items() if not k.startswith("eval.")}

@@ -19,7 +19,7 @@ import torch
 
 from bench import registry
 from bench.distributed import process_group
-from bench.job import TRAINERS, setup_training
+from bench.job import setup_training
 from bench.tracking import NullTracker
 from conftest import micro
 
@@ -27,7 +27,7 @@ DEVICE = torch.device(os.environ.get("WAVEBENCH_TEST_DEVICE", "cpu"))
 
 
 def job(variant: str, max_steps: int) -> dict:
-    gan = {"train.lazy_reg": 2} if registry.VARIANTS[variant].family == "gan" else {}  # R1 through DDP too
+    gan = {"train.lazy_reg": 2} if registry.VARIANTS[variant].family.name == "gan" else {}  # R1 through DDP too
     return micro(variant, **{"processes": 2, "train.max_steps": max_steps, "train.checkpoint_every": 2,
                              "train.batch_size": 8, "train.log_every": 1, "device": DEVICE.type, **gan})
 
@@ -41,7 +41,7 @@ def train(out: Path, variant: str, max_steps: int, stop_after: int | None) -> No
         if stop_after is not None and dist.rank == 1:  # only rank 1 is asked to stop: both must stop together
             stop = lambda: calls.append(1) or len(calls) > stop_after  # noqa: E731
         tracker = NullTracker()
-        res = TRAINERS[system.family](cfg, system, stream, tracker, out / "work", device, should_stop=stop,
+        res = registry.family(cfg).trainer(cfg, system, stream, tracker, out / "work", device, should_stop=stop,
                                       progress=False, dist=dist)
         torch.save({n: {k: v.cpu() for k, v in m.state_dict().items()} for n, m in system.modules().items()},
                    out / f"modules-{dist.rank}.pt")

@@ -145,7 +145,6 @@ def test_batches_on_the_gpu_are_the_cpu_batches():
 @pytest.mark.parametrize("variant", ["wavediff", "ddpm"])
 def test_bf16_channels_last_training_on_cuda(variant, tmp_path):
     from bench.data import load_dataset
-    from bench.job import TRAINERS
     from bench.tracking import NullTracker
     from bench.train import BatchStream
 
@@ -154,7 +153,7 @@ def test_bf16_channels_last_training_on_cuda(variant, tmp_path):
     torch.manual_seed(0)
     system = registry.build(cfg).to(CUDA)
     tracker = NullTracker()
-    res = TRAINERS[system.family](cfg, system, BatchStream(load_dataset(cfg.data), 16, 0), tracker, tmp_path, CUDA,
+    res = registry.family(cfg).trainer(cfg, system, BatchStream(load_dataset(cfg.data), 16, 0), tracker, tmp_path, CUDA,
                                   progress=False)
     assert res.step == 4 and all(v == v and abs(v) < 1e6 for _, v, _ in tracker.metrics)
 
@@ -163,7 +162,6 @@ def test_bf16_channels_last_training_on_cuda(variant, tmp_path):
 def test_compiled_training_on_cuda(tmp_path):
     """train.compile with inductor on the GPU (compiling takes about a minute): losses as eager, to 1e-2."""
     from bench.data import load_dataset
-    from bench.job import TRAINERS
     from bench.tracking import NullTracker
     from bench.train import BatchStream
 
@@ -174,7 +172,7 @@ def test_compiled_training_on_cuda(tmp_path):
         torch.manual_seed(0)
         system = registry.build(cfg).to(CUDA)
         tracker = NullTracker()
-        TRAINERS["gan"](cfg, system, BatchStream(load_dataset(cfg.data), 16, 0), tracker, tmp_path / str(flag), CUDA,
+        registry.family(cfg).trainer(cfg, system, BatchStream(load_dataset(cfg.data), 16, 0), tracker, tmp_path / str(flag), CUDA,
                         progress=False)
         out[flag] = [v for k, v, _ in tracker.metrics if k == "loss_g"]
     assert out[True] == pytest.approx(out[False], rel=1e-2)

@@ -168,13 +168,12 @@ def _trainable_variants() -> list[str]:
 def test_every_parameter_gets_a_gradient_so_ddp_can_wrap_every_variant(variant, tmp_path, one_thread):
     """DDP (find_unused_parameters off) needs a gradient for every parameter at every step: one training step
     of each variant at the paper's configuration (batch 2), then every trained network's parameters hold one."""
-    from bench.job import TRAINERS
     from bench.tracking import NullTracker
 
     cfg = registry.resolve({"variant": variant, "dataset": "digits", "scale": "paper", "device": "cpu",
                             "train.max_steps": 1, "train.batch_size": 2})
     system, stream, device = setup_training(cfg)
-    TRAINERS[system.family](cfg, system, stream, NullTracker(), tmp_path, device, progress=False)
+    registry.family(cfg).trainer(cfg, system, stream, NullTracker(), tmp_path, device, progress=False)
     for name, net in system.networks.items():
         missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{variant}: {name} parameters without a gradient: {missing[:5]}"

@@ -109,7 +109,7 @@ def test_non_finite_training_marks_the_run_failed_with_the_reason(store):
 def test_every_variant_trains_samples_and_evaluates(store, variant):
     r = run_job(registry.resolve(micro(variant)), experiment="all", progress=False)
     assert r.status == "FINISHED"
-    assert r.metrics["nfe"] == (4 if registry.VARIANTS[variant].family == "gan" else
+    assert r.metrics["nfe"] == (4 if registry.VARIANTS[variant].family.name == "gan" else
                                 int(variant.split("-")[1]) if variant.startswith("ddim-") else 3)
     assert 0 <= r.metrics["precision"] <= 1 and r.metrics["fid"] >= 0 and r.metrics["gflops_per_sample"] > 0
 

@@ -137,3 +137,78 @@ def test_list_command_json():
     assert rows["wavediff"]["nfe"] == 4 and rows["ddpm"]["nfe"] == 1000 and rows["ddim-50"]["nfe"] == 50
     assert rows["wavediff"]["published_row"] == "WaveDiff"
     assert rows["wavediff"]["gflops_per_call"] < rows["ddgan"]["gflops_per_call"] / 3
+
+
+# ============================================================================================== one hop to a definition
+
+def _show(capsys, *args) -> tuple[int, str, str]:
+    rc = registry.main(["show", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_show_gives_a_variants_whole_definition(name, capsys):
+    """Every class and function listed points at its own definition (file:line); the YAML is the resolved config;
+    the parameter counts are the built networks'."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from bench.config import to_dict
+
+    rc, out, _ = _show(capsys, name)
+    assert rc == 0
+    head, config_yaml = out.split("resolved config", 1)
+    listed = [line.split() for line in head.splitlines() if line.startswith("  ") and ".py:" in line]
+    roles = {parts[0] for parts in listed}
+    assert {"family", "configure", "system", "process", "loss", "sampler", "trainer"} <= roles
+    assert roles & {"generator", "denoiser"}
+    for role, qualname, location in listed:
+        path, line = location.rsplit(":", 1)
+        source = (Path(registry.__file__).parents[1] / path).read_text().splitlines()[int(line) - 1]
+        last = qualname.rsplit(".", 1)[-1].replace("<locals>", "").strip(".")
+        assert f"def {last}" in source or f"class {last}" in source, (role, qualname, source)
+    cfg = registry.resolve({"variant": name, "dataset": "cifar10", "scale": "paper"}, check_paths=False)
+    assert yaml.safe_load(config_yaml.split("\n", 1)[1]) == to_dict(cfg)
+    system = registry.build(cfg)
+    for net, module in system.networks.items():
+        assert f"{net} {count_params(module) / 1e6:.2f}M" in head
+    assert f"job hash {registry.job_hash(cfg)}" in head and registry.VARIANTS[name].paper in head
+    assert inspect.getsourcefile(type(registry.family(cfg))).endswith("bench/families.py")
+
+
+def test_show_says_what_is_wrong(capsys):
+    rc, _, err = _show(capsys, "wavediffx")
+    assert rc == 2 and "unknown variant 'wavediffx'; valid: ddgan, wavediff" in err
+    rc, _, err = _show(capsys, "ddgan", "--dataset", "celebahq1024")
+    assert rc == 2 and "no paper configuration of this variant for data set preset 'celebahq1024'" in err
+    rc, out, _ = _show(capsys, "wavediff", "--dataset", "digits", "--scale", "tiny")
+    assert rc == 0 and "dataset digits, scale tiny" in out and "published rows: table cifar10, 'WaveDiff" in out
+
+
+def test_every_variant_is_written_out_and_has_a_family():
+    source = open(registry.__file__).read()
+    for name, v in registry.VARIANTS.items():
+        assert f'Variant("{name}", ' in source, name  # grep finds every name
+        assert v.family in (registry.GAN, registry.DIFFUSION, registry.DVDP)
+
+
+def test_variants_with_one_configuration_are_one_job(tmp_path):
+    """dvdp and dvdp-tp1 resolve to the same config: one job hash, one training, and a grid with both is refused
+    (it would train the same thing twice)."""
+    import yaml
+
+    from bench import run
+
+    a, b = (registry.resolve(micro(v)) for v in ("dvdp", "dvdp-tp1"))
+    assert registry.job_hash(a) == registry.job_hash(b) and registry.train_hash(a) == registry.train_hash(b)
+    c = registry.resolve(micro("dvdp", **{"model.process.turning_points": [[400, 2], [700, 2]]}))
+    assert registry.job_hash(c) == registry.job_hash(registry.resolve(micro("dvdp-tp2")))
+    assert registry.job_hash(a) != registry.job_hash(c)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"defaults": {k: v for k, v in micro("dvdp").items() if k != "variant"},
+                                    "axes": {"variant": ["dvdp", "dvdp-tp1"]}}))
+    with pytest.raises(ConfigError, match=r"job 1 \(dvdp-tp1.*identical to job 0"):
+        run.validate(run.load_grid(str(grid)))

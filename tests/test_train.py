@@ -162,8 +162,6 @@ def test_batches_on_the_device_are_the_documented_order(tmp_path):
 
 @pytest.mark.parametrize("variant", ["wavediff", "ddpm"])
 def test_bf16_and_channels_last_train_and_have_their_own_training_hash(variant, tmp_path, one_thread):
-    from bench.job import TRAINERS
-
     over = {"train.max_steps": 3, "train.lazy_reg": 2} if variant == "wavediff" else {"train.max_steps": 3}
     fp32 = registry.resolve(micro(variant, **over))
     fast = registry.resolve(micro(variant, **over, **{"train.precision": "bf16", "train.channels_last": True}))
@@ -173,7 +171,7 @@ def test_bf16_and_channels_last_train_and_have_their_own_training_hash(variant, 
         torch.manual_seed(0)
         system = registry.build(cfg)
         stream = BatchStream(load_dataset(cfg.data), cfg.train.batch_size, cfg.seed)
-        res = TRAINERS[system.family](cfg, system, stream, NullTracker(), tmp_path / name, torch.device("cpu"),
+        res = registry.family(cfg).trainer(cfg, system, stream, NullTracker(), tmp_path / name, torch.device("cpu"),
                                       progress=False)
         assert res.step == 3
         net = system.sampling_network
@@ -189,8 +187,6 @@ def test_bf16_and_channels_last_train_and_have_their_own_training_hash(variant, 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     """train.compile on the CPU (inductor; about a minute to compile): the same losses as eager, to rounding."""
-    from bench.job import TRAINERS
-
     out = {}
     for flag in (False, True):
         cfg = registry.resolve(micro("wavediff", **{"train.max_steps": 3, "train.lazy_reg": 2, "train.log_every": 1,
@@ -198,7 +194,7 @@ def test_compiled_training_matches_eager(tmp_path):
         torch.manual_seed(0)
         system = registry.build(cfg)
         tracker = NullTracker()
-        TRAINERS["gan"](cfg, system, BatchStream(load_dataset(cfg.data), 16, 0), tracker, tmp_path / str(flag),
+        registry.family(cfg).trainer(cfg, system, BatchStream(load_dataset(cfg.data), 16, 0), tracker, tmp_path / str(flag),
                         torch.device("cpu"), progress=False)
         out[flag] = [v for k, v, s in tracker.metrics if k == "loss_g"]
     assert out[True] == pytest.approx(out[False], rel=1e-3)

@@ -18,7 +18,7 @@ from bench.perf.config import REFERENCES, PerfConfig
 from bench.perf.sampling import DVDP_VARIANT, GAN_GROUP, STEP_GROUP, _of_peak, _peak_cell, build, config
 from bench.perf.timing import fmt, paired_ratio, ratio, rounds, say, stat, summarize, versus
 from bench.tracking import NullTracker
-from bench.train import BatchStream, train_diffusion, train_gan
+from bench.train import BatchStream
 
 __all__ = ["TRAIN_GROUPS", "run", "render", "metrics", "train_round", "step_flops_per_image"]
 
@@ -39,7 +39,7 @@ def train_round(cfg, system, images: torch.Tensor, device: torch.device, warmup:
     t = replace(cfg.train, max_steps=warmup + steps, max_epochs=None, max_minutes=None, checkpoint_every=10**9)
     cfg = replace(cfg, train=t)
     stream = BatchStream(InMemoryImages(images, torch.zeros(len(images), dtype=torch.long)), t.batch_size, seed)
-    trainer = train_gan if registry.VARIANTS[cfg.variant].family == "gan" else train_diffusion
+    trainer = registry.family(cfg).trainer
     stamps: list[float] = []
     marks: list[float] = [0.0]
 
@@ -89,7 +89,7 @@ def step_flops_per_image(cfg, pc: PerfConfig) -> float:
 
     images = _train_images(cfg, 2, 2, pc.seed)
     stream = BatchStream(InMemoryImages(images, torch.zeros(len(images), dtype=torch.long)), 2, pc.seed)
-    trainer = train_gan if registry.VARIANTS[cfg.variant].family == "gan" else train_diffusion
+    trainer = registry.family(cfg).trainer
     with tempfile.TemporaryDirectory() as workdir:
         trainer(cfg, system, stream, NullTracker(), workdir, torch.device("cpu"), progress=False, on_step=on_step)
     return counter.get_total_flops() / 2
