@@ -22,137 +22,35 @@ only the measured rows and columns (what ``make demo`` prints). CSV always carri
 density and coverage in DINOv2 features): measured only (the papers publish none), one group of five columns per
 DINOv2 model a section's runs used, each header naming that model; the footer names its features, k and sample
 counts. A run that did not log the set shows "not logged". Files get ``-dinov2`` in their name.
+
+This module holds the published data, the rows and sections of a table and the command line; the columns (measures,
+number formats, one cell function per column kind) are in ``reports/columns.py``, the renderings and the files
+written in ``reports/render.py``.
 """
 from __future__ import annotations
 
 import argparse
-import html
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from bench.tracking import REPO_ROOT
-from reports import query
 from bench.schema import PAPER_PRESET, paper_preset
+from reports import query
+from reports.columns import (CELLS, DINOV2_MEASURES, INFO_LABELS, MEASURED_KINDS, MEASURES, MISSING, NO_VALUE,
+                             NOT_LOGGED, NOT_REPRODUCED, CellContext, Measure, Row, baseline_name, column_header,
+                             column_plan, config_text, dinov2_cells, dinov2_label, dinov2_models, published_value)
 from reports.query import Protocol
+from reports.render import FORMATS, OUT_DIR, Report, Section, render, write_report
 
 __all__ = ["PUBLISHED_YAML", "OUT_DIR", "FORMATS", "Measure", "MEASURES", "DINOV2_MEASURES", "METRIC_VIEWS", "Section",
-           "Report", "load_published", "table_names", "table_for_dataset", "build_report", "render", "write_report",
-           "main"]
+           "Report", "MISSING", "NOT_REPRODUCED", "NOT_LOGGED", "NO_VALUE", "load_published", "table_names",
+           "table_for_dataset", "fill_commands", "build_report", "render", "write_report", "main"]
 
 PUBLISHED_YAML = Path(__file__).with_name("published.yaml")
-OUT_DIR = REPO_ROOT / "reports" / "out"
-FORMATS = {"md": "md", "latex": "tex", "html": "html", "csv": "csv"}
-# The table a data set's runs belong to when --table is not given.
-
-MISSING = "missing"        # a variant reproduces this row, but it has no FINISHED run in this protocol
-NOT_REPRODUCED = "n/a"     # no variant of the suite reproduces this row
-NOT_LOGGED = "not logged"  # the run exists but did not log this metric
-NO_VALUE = "-"             # the source gives no value
-
-
-# ============================================================================================== columns
-
-def _fixed(d: int) -> Callable[[float], str]:
-    return lambda v: f"{v:.{d}f}"
-
-
-def _sig(v: float) -> str:
-    """About three significant digits without scientific notation for the usual ranges."""
-    a = abs(v)
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 0.001 or a == 0:
-        return f"{v:#.3g}"
-    return f"{v:.2e}"
-
-
-def _g(v: float) -> str:
-    return f"{v:g}"
-
-
-def _int(v: float) -> str:
-    return f"{v:.0f}"
-
-
-def _time_published(v: float) -> str:
-    """Seconds as the WaveDiff tables print them: 0.08, 0.60, 8.79, 80.5, 423.2."""
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-
-
-def _time(v: float) -> str:
-    """Measured seconds: the papers' rounding, with two significant digits below 0.1 s (0.0034, not 0.00)."""
-    a = abs(v)
-    if a >= 0.1 or a == 0 or not math.isfinite(v):
-        return _time_published(v)
-    return f"{v:.{1 - math.floor(math.log10(a))}f}"
-
-
-@dataclass(frozen=True)
-class Measure:
-    label: str                              # column header before "(published)" / "(measured)"
-    metrics: tuple[str, ...] = ()           # MLflow metrics, the first one a run logged is used
-    fmt: Callable[[float], str] = _sig      # measured value -> text
-    pub_fmt: Callable[[float], str] = _g    # published / reference value -> text
-    scale: float = 1.0                      # applied to the measured value (e.g. 1e-6 for millions)
-    short: str = ""                         # label in the paper-width view (default: ``label``)
-
-
-MEASURES: dict[str, Measure] = {
-    "fid": Measure("FID", ("fid",), _fixed(2), _fixed(2)),
-    "recall": Measure("Recall", ("recall",), _fixed(2), _fixed(2)),
-    "precision": Measure("Precision", ("precision",), _fixed(2), _fixed(2)),
-    "kid": Measure("KID", ("kid_mean",), _fixed(4), _g),
-    "nfe": Measure("NFE", ("nfe",), _int, _int),
-    "time_s": Measure("Time (s/batch)", ("sampling_s_per_batch_mean", "time_mean_s"), _time, _time_published,
-                      short="Time"),
-    "gflops": Measure("GFLOPs/sample", ("gflops_per_sample",), _sig, _sig),
-    "params": Measure("Params G/denoiser (M)", ("params_generator", "params_denoiser"), _fixed(2), _fixed(2), 1e-6,
-                      short="Params (M)"),
-    "params_d": Measure("Params D (M)", ("params_discriminator",), _fixed(2), _fixed(2), 1e-6),
-    "train_min": Measure("Train wall-clock (min)", ("train_wall_clock_s",), _sig, _g, 1 / 60),
-    "train_ips": Measure("Train throughput (img/s)", ("train_images_per_s",), _sig, _g, short="Train img/s"),
-    "train_s_epoch": Measure("Train time (s/epoch)", ("train_s_per_epoch",), _sig, _g),
-    "train_speedup": Measure("Training speed-up"),
-    "fid_eta0": Measure("FID eta=0", (), _fixed(2), _fixed(2)),
-    "fid_eta1": Measure("FID eta=1", (), _fixed(2), _fixed(2)),
-    "fid_sigma_hat": Measure("FID sigma-hat", (), _fixed(2), _fixed(2)),
-}
-
-
-def _fd(v: float) -> str:
-    """FD-DINOv2: two decimals (dgm-eval and EDM2 print e.g. 52.25), one from 1000 on."""
-    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.2f}"
-
-
-# --metrics dinov2: measured-only columns, keyed by MLflow metric (query.DINOV2_METRICS). Density may exceed 1.
-DINOV2_MEASURES: dict[str, Measure] = {
-    "fd_dinov2": Measure("FD-DINOv2", ("fd_dinov2",), _fd),
-    "precision_dinov2": Measure("Precision", ("precision_dinov2",), _fixed(2)),
-    "recall_dinov2": Measure("Recall", ("recall_dinov2",), _fixed(2)),
-    "density_dinov2": Measure("Density", ("density_dinov2",), _fixed(2)),
-    "coverage_dinov2": Measure("Coverage", ("coverage_dinov2",), _fixed(2)),
-}
 METRIC_VIEWS = ("paper", "dinov2")   # --metrics: the papers' columns only, or those and the dinov2 set's
-INFO_LABELS = {"level": "Level", "backbone": "Backbone", "turning_points": "Turning points", "steps": "Steps S"}
-# The paper-width view's measures when a table names no ``columns``.
-DEFAULT_COLUMNS = ("fid", "recall", "nfe", "time_s")
-
-
-def _ratio_text(ratio: float, name: str | None) -> str:
-    """2.86 -> "2.9x faster than DDGAN"; 0.5 -> "2.0x slower than DDGAN"; without a name: "2.9x faster"."""
-    if not math.isfinite(ratio) or ratio <= 0:
-        return NO_VALUE
-    word = "faster" if ratio >= 1 else "slower"
-    r = ratio if ratio >= 1 else 1 / ratio
-    text = f"{r:.0f}x {word}" if r >= 10 else f"{r:.1f}x {word}"
-    return f"{text} than {name}" if name else text
 
 
 # ============================================================================================== data
@@ -172,39 +70,7 @@ def table_for_dataset(dataset: str | None, published: dict | None = None) -> str
     return PAPER_PRESET.get(dataset or "", dataset if dataset in names else "cifar10")
 
 
-@dataclass
-class Section:
-    heading: str                   # "Measured under: <protocol>" or the empty-store heading
-    protocol: Protocol | None      # None when nothing was measured
-    frame: pd.DataFrame            # display text, one row per table row
-    data: pd.DataFrame             # the same rows as numbers (CSV)
-    lines: list[str] = field(default_factory=list)   # protocol footer, fill-in commands
-
-
-@dataclass
-class Report:
-    name: str
-    title: str
-    header: list[str]              # published source and protocol
-    sections: list[Section]
-    notes: list[str]
-    experiment: str | None         # None: every experiment of the store
-    datasets: list[str] | None
-    measured_only: bool = False    # only measured rows and columns (no published or reference values)
-    wide: bool = False             # every column, not only the paper-width ones
-    metrics: str = "paper"         # METRIC_VIEWS: "dinov2" adds the dinov2 metric set's columns
-
-
-@dataclass
-class _Row:
-    model: str
-    spec: dict | None              # the published row (None for measured-only rows)
-    variant: str | None            # the measured variant (or the expected one when missing)
-    expected: list[str]            # the variants that reproduce this row
-    status: str                    # ok | missing | n/a
-
-
-def _assign_rows(spec: dict, agg: pd.DataFrame | None) -> list[_Row]:
+def _assign_rows(spec: dict, agg: pd.DataFrame | None) -> list[Row]:
     """The paper's rows in order (each with its measured variant, if any), then measured-only rows."""
     present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
     listed = {v for r in spec["rows"] for v in r.get("variants") or []}
@@ -218,226 +84,66 @@ def _assign_rows(spec: dict, agg: pd.DataFrame | None) -> list[_Row]:
         if hit:
             used.add(hit)
         status = "ok" if hit else (MISSING if cands else NOT_REPRODUCED)
-        rows.append(_Row(r["model"], r, hit or (cands[0] if cands else None), cands, status))
+        rows.append(Row(r["model"], r, hit or (cands[0] if cands else None), cands, status))
     extra = spec.get("extra", [])
     for v in sorted(set(present) - used, key=query.natural_key):
         if extra == "all" or v in (extra or []):
-            rows.append(_Row(present[v]["published_row"] or v, None, v, [v], "ok"))
+            rows.append(Row(present[v]["published_row"] or v, None, v, [v], "ok"))
     return rows
 
 
-def _measured(a: pd.Series | dict | None, m: Measure) -> tuple[float, float, int]:
-    """(mean, std, n) of the first metric of ``m`` that the aggregated runs logged, scaled."""
-    if a is None:
-        return np.nan, np.nan, 0
-    for k in m.metrics:
-        mean = a.get(f"{k}_mean", np.nan)
-        if mean is not None and np.isfinite(mean):
-            std = a.get(f"{k}_std", np.nan)
-            return mean * m.scale, (std * m.scale if np.isfinite(std) else np.nan), int(a.get(f"{k}_n", 1))
-    return np.nan, np.nan, 0
-
-
-def _measured_text(row: _Row, a: pd.Series | dict | None, m: Measure) -> str:
-    if row.status != "ok" or a is None:
-        return row.status if row.status != "ok" else MISSING
-    mean, std, n = _measured(a, m)
-    if not np.isfinite(mean):
-        return NOT_LOGGED
-    # Several seeds: mean ± std; values every seed shares (parameter counts, NFE) stay plain.
-    return f"{m.fmt(mean)} ± {m.fmt(std)}" if n > 1 and np.isfinite(std) and std > 0 else m.fmt(mean)
-
-
-def _published_value(row: _Row, key: str) -> float:
-    v = None if row.spec is None else row.spec.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
-
-
-def _reference(pub: dict, dataset: str, variant: str | None, key: str) -> float:
-    costs = (pub.get("reference_costs") or {}).get(paper_preset(dataset), {}).get(variant or "", {})
-    if key == "gflops":
-        nfe, fwd = costs.get("nfe"), costs.get("gflops_forward")
-        return float(nfe) * float(fwd) if nfe is not None and fwd is not None else np.nan
-    v = costs.get(key)
-    return float(v) * 1e-6 if v is not None else np.nan
-
-
-def _config_text(a: pd.Series | None, key: str) -> str:
-    if a is None:
-        return ""
-    params = a["params"] or {}
-    if key in params:
-        return str(params[key])
-    hits = [f"{k}={v}" for k, v in sorted(params.items()) if key in k]
-    return "; ".join(hits)
-
-
-def _column_plan(spec: dict, wide: bool = True) -> list[tuple[str, str]]:
-    """(kind, key) in display order: published value, its measured twin, its reference, speed-ups.
-
-    Not ``wide``: the paper-width view, the table's ``columns`` (else :data:`DEFAULT_COLUMNS`) in that order, each
-    as published beside measured, the measured sampling speed-up after the measured time; no reference columns
-    and no published speed-up."""
-    plan: list[tuple[str, str]] = []
-    published, measured = list(spec.get("published") or []), list(spec.get("measured") or [])
-    reference = list(spec.get("reference") or [])
-    for key in dict.fromkeys(published + measured):
-        if key in published:
-            plan.append(("published", key))
-        if key == "train_speedup":
-            plan.append(("train_speedup", key))
-            continue
-        if MEASURES[key].metrics and (key in measured or key in published):
-            plan.append(("measured", key))
-        if key in reference:
-            plan.append(("reference", key))
-        if key == "time_s" and spec.get("baseline"):
-            if key in published:
-                plan.append(("speedup_published", key))
-            plan.append(("speedup_measured", key))
-    for key in reference:
-        if ("reference", key) not in plan:
-            plan.append(("reference", key))
-    if wide:
-        return plan
-    keep = list(spec.get("columns") or DEFAULT_COLUMNS)
-    unknown = [k for k in keep if k not in MEASURES]
-    if unknown:
-        raise ValueError(f"published.yaml: columns {unknown} are not measures; valid: {', '.join(MEASURES)}")
-    return [(kind, key) for key in keep for kind in ("published", "measured", "train_speedup", "speedup_measured")
-            if (kind, key) in plan]
-
-
-def _header(kind: str, key: str, base_name: str = "", wide: bool = True) -> str:
-    label = MEASURES[key].label if wide else (MEASURES[key].short or MEASURES[key].label)
-    if not wide and kind in ("speedup_measured", "train_speedup"):
-        what = "Speed-up" if kind == "speedup_measured" else "Training speed-up"
-        return f"{what} vs {base_name} (measured)"
-    return {"published": f"{label} (published)", "measured": f"{label} (measured)",
-            "reference": f"{label} (reference)", "speedup_published": "Sampling speed-up (published)",
-            "speedup_measured": "Sampling speed-up (measured)",
-            "train_speedup": "Training speed-up (measured)"}[kind]
-
-
-def _baseline_name(spec: dict) -> str:
-    if spec.get("baseline_name"):
-        return spec["baseline_name"]
-    for r in spec["rows"]:
-        if spec.get("baseline") in (r.get("variants") or []):
-            return r["model"]
-    return str(spec.get("baseline"))
-
-
-def _measured_speedup(row: _Row, a: pd.Series | None, base_agg: pd.Series | None, baseline: str,
-                      base_name: str | None, key: str, higher_is_better: bool) -> tuple[str, float]:
-    """(text, ratio) of a row's measured ``MEASURES[key]`` against the baseline variant's, in the same protocol;
-    ratio > 1 means better than the baseline (``base_name`` None: the header names the baseline)."""
-    if row.status != "ok":
-        return row.status, np.nan
-    if base_agg is None:
-        return f"no {baseline} run", np.nan
-    if row.variant == baseline:
-        return "baseline", 1.0
-    ours, base = _measured(a, MEASURES[key])[0], _measured(base_agg, MEASURES[key])[0]
-    ratio = ours / base if higher_is_better else base / ours
-    return _ratio_text(ratio, base_name), ratio
-
-
-def _dinov2_label(model: str | None) -> str:
-    """How a header or footer names the DINOv2 model of a column group."""
-    if model is None:
-        return "DINOv2"
-    if model == query.DINOV2_NOT_RECORDED:
-        return "DINOv2, backbone not recorded"
-    return model if "dinov2" in model.lower() else f"DINOv2 {model}"
-
-
-def _dinov2_header(m: Measure, model: str | None) -> str:
-    """"FD-DINOv2 (measured; dinov2-vit-l-14)": every DINOv2 column names the model of its features."""
-    return f"{m.label} (measured; {_dinov2_label(model)})"
-
-
-def _dinov2_models(rows: list[_Row], present: dict) -> list[str | None]:
-    """The DINOv2 models the rows' runs used (one column group each); [None] when no run logged the set."""
-    found = {m for r in rows if r.status == "ok" and r.variant in present for m in present[r.variant]["dinov2"]}
-    return sorted(found) or [None]
+def _row_start(name: str, protocol: Protocol | None, dataset: str, row: Row, info: list[str]) -> tuple[dict, dict]:
+    """A row's leading columns (model, variant, the table's ``info`` keys) and its CSV record's leading fields (the
+    table, the protocol, the row)."""
+    t = {"Model": row.model, "Variant": row.variant if row.status == "ok" else ", ".join(row.expected) or "-"}
+    d: dict = {"table": name, "protocol": protocol.label() if protocol else "", "dataset": dataset,
+               "scale": protocol.scale if protocol else "", "backbone": protocol.backbone if protocol else "",
+               "samples": protocol.samples if protocol else "",
+               "timing_device": protocol.timing_device if protocol else "",
+               "timing_batch": protocol.timing_batch if protocol else "", "model": row.model,
+               "variant": row.variant or "", "status": row.status,
+               "published_row": row.spec is not None}
+    for k in info:
+        v = row.spec.get(k) if row.spec else None
+        t[INFO_LABELS.get(k, k)] = "" if v is None else str(v)
+        d[k] = v
+    return t, d
 
 
 def _section(name: str, spec: dict, pub: dict, agg: pd.DataFrame | None, protocol: Protocol | None,
              n_runs: int, measured_only: bool = False, wide: bool = False, metrics: str = "paper") -> Section:
     rows = _assign_rows(spec, agg)
     present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
-    plan, shown = _column_plan(spec), _column_plan(spec, wide)   # every number (CSV); the displayed columns
-    base_pub = next((_published_value(r, "time_s") for r in rows if r.spec and spec.get("baseline") in r.expected),
-                    np.nan)
+    plan, shown = column_plan(spec), column_plan(spec, wide)   # every number (CSV); the displayed columns
+    baseline = spec.get("baseline")
+    base_pub = next((published_value(r, "time_s") for r in rows if r.spec and baseline in r.expected), np.nan)
     if measured_only:
         rows = [r for r in rows if r.status == "ok"]
-        measured_kinds = ("measured", "speedup_measured", "train_speedup")
-        plan = [(kind, key) for kind, key in plan if kind in measured_kinds]
-        shown = [(kind, key) for kind, key in shown if kind in measured_kinds]
-    dino_models = _dinov2_models(rows, present) if metrics == "dinov2" else []
+        plan = [(kind, key) for kind, key in plan if kind in MEASURED_KINDS]
+        shown = [(kind, key) for kind, key in shown if kind in MEASURED_KINDS]
+    dino_models = dinov2_models(rows, present) if metrics == "dinov2" else []
     info = list(spec.get("info") or [])
     config_cols = dict(spec.get("config_columns") or {})
-    baseline = spec.get("baseline")
-    base_name = _baseline_name(spec)
-    base_agg = present.get(baseline)
+    base_name = baseline_name(spec)
     dataset = protocol.dataset if protocol else (spec.get("published_dataset") or (spec.get("datasets") or ["?"])[0])
+    ctx = CellContext(pub, dataset, baseline, base_name, present.get(baseline), base_pub, wide)
 
     text_rows, data_rows = [], []
     for row in rows:
         a = present.get(row.variant) if row.status == "ok" else None
-        t = {"Model": row.model, "Variant": row.variant if row.status == "ok" else ", ".join(row.expected) or "-"}
-        d: dict = {"table": name, "protocol": protocol.label() if protocol else "", "dataset": dataset,
-                   "scale": protocol.scale if protocol else "", "backbone": protocol.backbone if protocol else "",
-                   "samples": protocol.samples if protocol else "",
-                   "timing_device": protocol.timing_device if protocol else "",
-                   "timing_batch": protocol.timing_batch if protocol else "", "model": row.model,
-                   "variant": row.variant or "", "status": row.status,
-                   "published_row": row.spec is not None}
-        for k in info:
-            v = row.spec.get(k) if row.spec else None
-            t[INFO_LABELS.get(k, k)] = "" if v is None else str(v)
-            d[k] = v
-        cells = {}   # (kind, key) -> text, for the displayed columns
+        t, d = _row_start(name, protocol, dataset, row, info)
+        cells = {}   # (kind, key) -> text; every column's numbers go to the CSV, the shown ones' text to the table
         for kind, key in plan:
-            m = MEASURES[key]
-            if kind == "published":
-                v = _published_value(row, key)
-                cells[kind, key] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
-                d[f"{key}_published"] = v
-            elif kind == "measured":
-                cells[kind, key] = _measured_text(row, a, m)
-                mean, std, _ = _measured(a, m)
-                d[f"{key}_mean"], d[f"{key}_std"] = mean, std
-            elif kind == "reference":
-                v = _reference(pub, dataset, row.variant, key)
-                cells[kind, key] = m.pub_fmt(v) if np.isfinite(v) else NO_VALUE
-                d[f"{key}_reference"] = v
-            elif kind == "speedup_published":
-                v = _published_value(row, "time_s")
-                ratio = base_pub / v if np.isfinite(v) and np.isfinite(base_pub) else np.nan
-                is_base = row.spec is not None and baseline in row.expected
-                cells[kind, key] = "baseline" if is_base and np.isfinite(v) else _ratio_text(ratio, base_name)
-                d["speedup_published"] = ratio
-            elif kind in ("speedup_measured", "train_speedup"):
-                # Sampling: lower time is better; training: higher throughput is better. The paper-width
-                # header names the baseline, its cells do not repeat it.
-                metric, higher = ("time_s", False) if kind == "speedup_measured" else ("train_ips", True)
-                cells[kind, key], ratio = _measured_speedup(row, a, base_agg, baseline,
-                                                            base_name if wide else None, metric, higher)
-                d[kind] = ratio
+            cells[kind, key], fields = CELLS[kind](ctx, row, a, key)
+            d.update(fields)
         for kind, key in shown:
-            t[_header(kind, key, base_name, wide)] = cells[kind, key]
+            t[column_header(kind, key, base_name, wide)] = cells[kind, key]
         for model in dino_models:
-            # This model's runs of the variant only; {}: the row's runs did not log the set with it.
-            s = (a["dinov2"].get(model, {}) if model else {}) if a is not None else None
-            suffix = "" if len(dino_models) == 1 else f"[{model}]"
-            for key, m in DINOV2_MEASURES.items():
-                t[_dinov2_header(m, model)] = _measured_text(row, s, m)
-                d[f"{key}_mean{suffix}"], d[f"{key}_std{suffix}"], d[f"{key}_n{suffix}"] = _measured(s, m)
-            d[f"dinov2_model{suffix}"] = model or ""
+            texts, fields = dinov2_cells(row, a, model, "" if len(dino_models) == 1 else f"[{model}]")
+            t.update(texts)
+            d.update(fields)
         for label, key in config_cols.items():
-            t[label] = _config_text(a, key)
+            t[label] = config_text(a, key)
             d[f"config:{key}"] = t[label]
         if wide:
             t["Runs"] = str(int(a["n"])) if a is not None else ("0" if row.status == MISSING else NO_VALUE)
@@ -472,7 +178,7 @@ def _fill_text(spec: dict, dataset: str | None, name_dataset: bool = False) -> s
     return f"`{cmds[key]}`" + (f" ({': '.join(extra)})" if extra else "")
 
 
-def _dinov2_footer(agg: pd.DataFrame, protocol: Protocol, rows: list[_Row], models: list[str | None]) -> list[str]:
+def _dinov2_footer(agg: pd.DataFrame, protocol: Protocol, rows: list[Row], models: list[str | None]) -> list[str]:
     """The protocol of the DINOv2 columns (model and features, k, samples), the rows whose runs did not log it."""
     present = {r["variant"]: r for _, r in agg.iterrows()}
     ok = [r for r in rows if r.status == "ok" and r.variant in present]
@@ -489,7 +195,7 @@ def _dinov2_footer(agg: pd.DataFrame, protocol: Protocol, rows: list[_Row], mode
         k = f"k = {', '.join(ks)}" if ks else "k not recorded"
         partial = [f"{r.model} {st['n']} of {int(present[r.variant]['n'])}" for r, st in stats
                    if st["n"] < present[r.variant]["n"]]
-        lines.append(f"DINOv2 protocol ({_dinov2_label(model)}): FD-DINOv2 (Frechet distance) and precision, recall, "
+        lines.append(f"DINOv2 protocol ({dinov2_label(model)}): FD-DINOv2 (Frechet distance) and precision, recall, "
                      f"density, coverage ({k}) in the features of {backbones}, on the same {protocol.samples} "
                      f"generated samples as the FID, against {split} (reference count: metrics_num_reference in "
                      "each run's eval_summary.json); rows: "
@@ -512,7 +218,7 @@ def _experiments_text(agg: pd.DataFrame) -> str:
 
 
 def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_runs: int,
-            rows: list[_Row], measured_only: bool = False, wide: bool = False) -> list[str]:
+            rows: list[Row], measured_only: bool = False, wide: bool = False) -> list[str]:
     lines = []
     if protocol is None:
         return lines
@@ -608,7 +314,7 @@ def build_report(name: str, experiment: str | None = None, datasets: list[str] |
                   f"`python -m reports.table --table {name}`."]
         notes = [f"Cells: '{NOT_LOGGED}' = the run did not log this metric."]
         if spec.get("baseline"):
-            notes.append(f"Speed-ups are measured against {_baseline_name(spec)} ({spec['baseline']}) within a "
+            notes.append(f"Speed-ups are measured against {baseline_name(spec)} ({spec['baseline']}) within a "
                          "protocol.")
         if not wide:
             notes.append(wide_note)
@@ -651,87 +357,6 @@ def _published_header(spec: dict, pub: dict) -> list[str]:
         c = pub["sources"]["public-code"]
         lines.append(f"Reference columns: {c['where']} ({c['paper']}); for the data set's paper configuration.")
     return lines
-
-
-# ============================================================================================== rendering
-
-def _md_table(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [[str(v) for v in r] for r in df.itertuples(index=False)]
-    cells = [[c.replace("|", "\\|") for c in r] for r in cells]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([fmt(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [fmt(r) for r in cells[1:]])
-
-
-def render_markdown(rep: Report) -> str:
-    out = [f"## {rep.title}", ""]
-    out += [f"- {h}" for h in rep.header] + [""]
-    for s in rep.sections:
-        out += [f"### {s.heading}", "", _md_table(s.frame), ""]
-        out += [f"- {line}" for line in s.lines] + [""]
-    out += ["Notes:", ""] + [f"- {n}" for n in rep.notes] + [""]
-    return "\n".join(out)
-
-
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _tex(s: str) -> str:
-    s = "".join(_LATEX.get(ch, ch) for ch in str(s))
-    return s.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
-
-
-def render_latex(rep: Report) -> str:
-    out = [f"% {rep.title}"] + [f"% {h}" for h in rep.header]
-    for s in rep.sections:
-        df = s.frame.map(_tex)
-        df.columns = [_tex(c) for c in df.columns]
-        out += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex(rep.title)}. {_tex(s.heading)}.}}",
-                "\\resizebox{\\linewidth}{!}{%",
-                df.to_latex(index=False, escape=False, column_format="l" * len(df.columns)).strip(), "}",
-                "\\end{table}"]
-        out += [f"% {line}" for line in s.lines]
-    out += [f"% Note: {n}" for n in rep.notes]
-    return "\n".join(out) + "\n"
-
-
-def render_html(rep: Report) -> str:
-    e = html.escape
-    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(rep.title)}</title>",
-           "<style>body{font-family:sans-serif} table{border-collapse:collapse;font-size:13px}"
-           " td,th{border:1px solid #ccc;padding:2px 6px;text-align:left} th{background:#eee}</style>",
-           "</head><body>", f"<h2>{e(rep.title)}</h2>", "<ul>"] + [f"<li>{e(h)}</li>" for h in rep.header]
-    out.append("</ul>")
-    for s in rep.sections:
-        out += [f"<h3>{e(s.heading)}</h3>", s.frame.to_html(index=False, escape=True, border=0), "<ul>"]
-        out += [f"<li>{e(line)}</li>" for line in s.lines] + ["</ul>"]
-    out += ["<h4>Notes</h4>", "<ul>"] + [f"<li>{e(n)}</li>" for n in rep.notes] + ["</ul>", "</body></html>"]
-    return "\n".join(out) + "\n"
-
-
-def render_csv(rep: Report) -> str:
-    return pd.concat([s.data for s in rep.sections], ignore_index=True).to_csv(index=False)
-
-
-def render(rep: Report, fmt: str = "md") -> str:
-    return {"md": render_markdown, "latex": render_latex, "html": render_html, "csv": render_csv}[fmt](rep)
-
-
-def write_report(rep: Report, fmt: str = "md", out_dir: str | Path = OUT_DIR) -> list[Path]:
-    """Writes the Markdown rendering and, if different, ``fmt``; returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = (f"table-{rep.name}" + (f"-{'-'.join(rep.datasets)}" if rep.datasets else "")
-            + ("-dinov2" if rep.metrics == "dinov2" else "") + ("-measured" if rep.measured_only else "")
-            + ("-wide" if rep.wide else ""))
-    paths = []
-    for f in dict.fromkeys(["md", fmt]):
-        p = out / f"{stem}.{FORMATS[f]}"
-        p.write_text(render(rep, f))
-        paths.append(p)
-    return paths
 
 
 # ============================================================================================== command line
