@@ -24,34 +24,22 @@ import copy
 import datetime as dt
 import itertools
 import json
-import os
-import shlex
-import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import submitit
-import yaml
+from bench.config import ConfigError, RunConfig, unflatten
+from bench.submit import (CLUSTER_KEYS, EXECUTORS, LocalGpus, Submitter, device_problems,
+                          find_experiment_file, gpu_census, load_cluster, read_yaml, reconcile, resolve_executor,
+                          visible_gpus)
+from bench.tracking import Tracker, current_name, tracking_uri, ui_lines
 
-from bench.config import ConfigError, RunConfig, to_dict
-from bench.tracking import REPO_ROOT, Tracker, current_name, tracking_uri, ui_lines
+__all__ = ["load_grid", "expand", "validate", "Grid", "main", "run_grid"]
 
-__all__ = ["load_grid", "expand", "validate", "Grid", "JobTask", "main", "run_grid", "EXECUTORS"]
-
-EXECUTORS = ("local", "slurm", "auto")
 GRID_KEYS = ("name", "experiment", "defaults", "axes", "jobs", "executor", "cluster")
 EXECUTOR_KEYS = ("name", "max_parallel", "timeout_min")
-# Cluster profile key -> submitit parameter (slurm/profiles/*.yaml).
-PROFILE_TO_SUBMITIT = {"partition": "slurm_partition", "gpus_per_node": "gpus_per_node",
-                       "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "timeout_min": "timeout_min",
-                       "array_parallelism": "slurm_array_parallelism",
-                       "additional_parameters": "slurm_additional_parameters", "signal_delay_s": "slurm_signal_delay_s"}
-CLUSTER_KEYS = tuple(PROFILE_TO_SUBMITIT)
 
 
 @dataclass
@@ -66,29 +54,8 @@ class Grid:
 
 # ============================================================================================== grid files
 
-def find_experiment_file(name: str, what: str = "grid", pattern: str = "*.yaml") -> Path:
-    """``ablation``, ``ablation.yaml`` or a path: bare names look in experiments/ (grids, tuning configs)."""
-    p = Path(name)
-    candidates = [p, REPO_ROOT / "experiments" / p, REPO_ROOT / "experiments" / f"{name}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    available = sorted(q.stem for q in (REPO_ROOT / "experiments").glob(pattern))
-    raise ConfigError([f"{what} {name!r} not found (looked at {', '.join(str(c) for c in candidates)}); "
-                       f"{what}s in experiments/: {', '.join(available) or 'none'}"])
-
-
 def find_grid(name: str) -> Path:
     return find_experiment_file(name, "grid")
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError([f"malformed YAML at{where}: {getattr(e, 'problem', None) or e}"], str(path)) from None
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -104,7 +71,7 @@ def _merge(a: dict, b: dict) -> dict:
 
 def load_grid(name: str) -> Grid:
     path = find_grid(name)
-    raw = _read_yaml(path) or {}
+    raw = read_yaml(path) or {}
     problems = []
     if not isinstance(raw, dict):
         raise ConfigError([f"a grid is a mapping with keys {', '.join(GRID_KEYS)}"], str(path))
@@ -147,8 +114,6 @@ def expand(defaults: dict, axes: dict, jobs: list[dict]) -> list[dict]:
     out = []
     for base in jobs or [{}]:
         for combo in combos:
-            from bench.config import unflatten
-
             out.append(_merge(_merge(unflatten(defaults), unflatten(base)), unflatten(combo)))
     return out
 
@@ -190,230 +155,6 @@ def validate(grid: Grid) -> list[RunConfig]:
     return configs
 
 
-def load_cluster(spec: str | dict | None) -> dict:
-    if spec is None:
-        return {}
-    if isinstance(spec, dict):
-        return spec
-    path = Path(spec)
-    if not path.is_file() and (REPO_ROOT / spec).is_file():
-        path = REPO_ROOT / spec
-    if not path.is_file():
-        profiles = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "slurm").rglob("*.yaml"))
-        raise ConfigError([f"cluster profile {spec!r} not found; profiles: {', '.join(profiles)}"])
-    data = _read_yaml(path) or {}
-    bad = [k for k in data if k not in CLUSTER_KEYS]
-    if bad:
-        raise ConfigError([f"unknown cluster key {k!r}; valid: {', '.join(CLUSTER_KEYS)}" for k in bad], str(path))
-    return data
-
-
-# ============================================================================================== the job callable
-
-class JobTask(submitit.helpers.Checkpointable):
-    """What an executor runs: one chain of jobs that share a training hash, in order.
-
-    On SLURM the task is checkpointable: SIGUSR2 (time-out or preemption) makes the training loop save a
-    checkpoint at the next step boundary, then submitit requeues the task, which resumes from that checkpoint
-    and continues the same MLflow run.
-    """
-
-    def __init__(self, configs: list[dict], experiment: str, parent_run_id: str | None, tags: dict,
-                 force: bool = False, env: dict | None = None, hashes: list[str] | None = None):
-        self.configs, self.experiment, self.parent_run_id = configs, experiment, parent_run_id
-        self.tags, self.force, self.env = tags, force, dict(env or {})
-        self.hashes = hashes  # the job hashes the runner knows these configs by (checked on arrival)
-
-    def __call__(self) -> list[dict]:
-        from bench import registry
-        from bench.distributed import process_group
-        from bench.evaluate import resolve_device
-        from bench.job import run_job
-
-        os.environ.update(self.env)
-        stop = threading.Event()
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
-        in_slurm = "SLURM_JOB_ID" in os.environ
-        if in_slurm and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGUSR2, lambda signum, frame: stop.set())
-        tags = dict(self.tags)
-        if in_slurm:
-            tags["slurm_job_id"] = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"]) + (
-                f"_{os.environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in os.environ else "")
-        results = []
-        force = self.force
-        cfgs = [registry.from_dict(d) for d in self.configs]
-        for cfg, expected in zip(cfgs, self.hashes or []):
-            if registry.job_hash(cfg) != expected:  # the runner and MLflow would disagree on this job's identity
-                raise RuntimeError(f"{cfg.variant}: the job's config hashes to {registry.job_hash(cfg)} in the job "
-                                   f"but to {expected} in the runner (its JSON form does not round-trip)")
-        first = cfgs[0]  # a chain shares its training, hence its process count
-        with process_group(first.processes, resolve_device(first.device)) as dist:
-            for cfg in cfgs:
-                try:
-                    r = run_job(cfg, experiment=self.experiment, parent_run_id=self.parent_run_id, tags=tags,
-                                force=force, progress=False, should_stop=stop.is_set, dist=dist)
-                except Exception as e:  # the run is already marked FAILED with the reason
-                    results.append({"job_hash": registry.job_hash(cfg), "status": "FAILED", "run_id": None,
-                                    "reason": f"{type(e).__name__}: {e}", "metrics": {}})
-                    if dist.enabled:  # the other ranks cannot go on without this one
-                        raise
-                    continue
-                finally:
-                    force = False  # later jobs of the chain share the (re)trained checkpoint
-                results.append({"job_hash": r.job_hash, "status": r.status, "run_id": r.run_id,
-                                "metrics": r.metrics, "reason": r.reason, "device": r.device})
-                if r.status == "INTERRUPTED":
-                    if callable(submitit_handler):  # rank 0: submitit's checkpoint() -> requeue -> exit
-                        submitit_handler(signal.SIGUSR2, None)
-                    break  # the rest of the chain runs after the requeue
-        return results
-
-    def checkpoint(self, *args, **kwargs):
-        """Requeue the same task: it resumes from the checkpoint the loop just wrote."""
-        return submitit.helpers.DelayedSubmission(JobTask(self.configs, self.experiment, self.parent_run_id,
-                                                          self.tags, False, self.env, self.hashes))
-
-
-# ============================================================================================== submission
-
-def _sbatch_available() -> bool:
-    return shutil.which("sbatch") is not None
-
-
-def cluster_parameters(cluster: dict, timeout_min: float) -> dict[str, Any]:
-    """A cluster profile as submitit's SLURM parameters (one node per job; SIGUSR2 90 s before the limit
-    unless the profile says otherwise; unset or zero sizes left to SLURM's defaults)."""
-    params: dict[str, Any] = {"timeout_min": int(timeout_min), "slurm_signal_delay_s": 90, "nodes": 1}
-    for key, value in cluster.items():
-        if value or key == "timeout_min":
-            params[PROFILE_TO_SUBMITIT[key]] = dict(value) if isinstance(value, dict) else value
-    params["timeout_min"] = int(params["timeout_min"])
-    return params
-
-
-def make_executor(kind: str, folder: Path, cluster: dict, timeout_min: float):
-    if kind == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        ex.update_parameters(**cluster_parameters(cluster, timeout_min))
-        return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster="local")
-    ex.update_parameters(timeout_min=int(timeout_min))
-    return ex
-
-
-def set_processes(ex, cluster: dict, processes: int) -> None:
-    """The next submissions run ``processes`` tasks on one node (the DDP ranks of a job). On SLURM each task gets
-    one GPU when the cluster profile asks for GPUs; local jobs get theirs from :class:`LocalGpus` instead."""
-    params: dict[str, Any] = {"tasks_per_node": processes}
-    if cluster.get("gpus_per_node") and ex.cluster == "slurm":
-        params["gpus_per_node"] = max(int(cluster["gpus_per_node"]), processes)
-    ex.update_parameters(**params)
-
-
-# ============================================================================================== devices
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may hand to local jobs: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set (CUDA
-    stops at the first invalid one), else every CUDA device torch counts."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids = []
-        for d in env.split(","):
-            d = d.strip()
-            if not d or d == "-1":
-                break
-            ids.append(d)
-        return ids
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # a broken driver: no GPU to hand out
-        return []
-
-
-def gpu_census(gpus: list[str]) -> str:
-    """Where the GPU count of this machine comes from, for messages."""
-    import torch
-
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        src = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
-    else:
-        src = f"torch {torch.__version__} counts {torch.cuda.device_count()} CUDA device(s)"
-        if torch.version.cuda is None:
-            src += " (a CPU-only build of torch)"
-    return f"{len(gpus)} GPU(s): {src}"
-
-
-class LocalGpus:
-    """The local executor's GPUs. A job on ``auto`` or ``cuda`` takes ``processes`` of them while it runs (rank r
-    uses the r-th), so jobs running at once never share one; a ``cpu`` job sees none; a job pinned to ``cuda:K``
-    sees all of them (K counts among them) and reserves none. submitit's local executor would otherwise set
-    ``CUDA_VISIBLE_DEVICES`` to the empty string (it follows ``gpus_per_node``, unset without a cluster profile)."""
-
-    def __init__(self, gpus: list[str]):
-        self.gpus, self.free = list(gpus), list(gpus)
-        self.held: dict[int, list[str]] = {}
-
-    def wants(self, cfg: RunConfig) -> int:
-        """GPUs the job takes from the pool; 0 when it runs on the CPU or is pinned."""
-        if not self.gpus or cfg.device == "cpu" or cfg.device.startswith("cuda:"):
-            return 0
-        return cfg.processes if cfg.processes <= len(self.gpus) else 0
-
-    def available(self, cfg: RunConfig) -> bool:
-        """Whether the GPUs such a job needs are free now."""
-        return self.wants(cfg) <= len(self.free)
-
-    def assign(self, key: int, task: "JobTask", cfg: RunConfig, ex) -> bool:
-        """Give the next local submission of ``ex`` (this task) its GPUs; False (nothing changed) while the GPUs
-        it needs are busy. The shell that starts the job's processes exports them, before any CUDA call."""
-        n = self.wants(cfg)
-        if n > len(self.free):
-            return False
-        got, self.free = self.free[:n], self.free[n:]
-        self.held[key] = got
-        visible = ",".join(self.gpus if cfg.device.startswith("cuda:") else got)
-        task.env["CUDA_VISIBLE_DEVICES"] = visible
-        ex.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={shlex.quote(visible)}"] if visible else [])
-        return True
-
-    def release(self, key: int) -> None:
-        back = set(self.free) | set(self.held.pop(key, []))
-        self.free = [g for g in self.gpus if g in back]  # in the machine's order
-
-    def fallback_reason(self, cfg: RunConfig) -> str | None:
-        """Why an ``auto`` job will run on the CPU although this machine has GPUs (None if it will not)."""
-        if self.gpus and cfg.device == "auto" and cfg.processes > len(self.gpus):
-            return f"processes={cfg.processes} needs {cfg.processes} GPUs, this machine shows {len(self.gpus)}"
-        return None
-
-
-def device_problems(configs: list[RunConfig], executor: str, cluster: dict, gpus: list[str]) -> list[str]:
-    """Jobs that ask for CUDA where they cannot get it: found before anything is submitted."""
-    problems = []
-    for i, c in enumerate(configs):
-        if not c.device.startswith("cuda"):
-            continue
-        label = f"job {i} ({c.variant}, device={c.device})"
-        if executor == "slurm":
-            if not cluster.get("gpus_per_node"):
-                problems.append(f"{label}: the cluster profile gives jobs no GPU; set gpus_per_node in it (or use "
-                                "device: auto)")
-            continue
-        need = int(c.device.split(":")[1]) + 1 if ":" in c.device else c.processes
-        if len(gpus) < need:
-            problems.append(f"{label}: needs {need} GPU(s), this machine shows {gpu_census(gpus)}; use device: "
-                            "auto or cpu")
-    return problems
-
-
-def task_result(job) -> list[dict]:
-    """What a submitted :class:`JobTask` returned: rank 0's results (the only rank that evaluates)."""
-    return job.results()[0]
-
-
 def chains(configs: list[RunConfig]) -> list[list[RunConfig]]:
     """Jobs sharing a training hash run in one task, in order (they share one checkpoint directory)."""
     from bench import registry
@@ -422,17 +163,6 @@ def chains(configs: list[RunConfig]) -> list[list[RunConfig]]:
     for c in configs:
         groups.setdefault(registry.train_hash(c), []).append(c)
     return list(groups.values())
-
-
-def log_tail(job, n: int = 15) -> str:
-    lines = []
-    for getter in (job.stderr, job.stdout):
-        try:
-            text = getter() or ""
-        except Exception:
-            text = ""
-        lines += text.strip().splitlines()[-n:]
-    return "\n".join(lines[-n:])
 
 
 def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_parallel: int, cluster: dict,
@@ -449,7 +179,7 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = runs_root() / "submitit" / f"{grid.name}-{stamp}"
     timeout = float(grid.executor.get("timeout_min", cluster.get("timeout_min", 240)))
-    ex = make_executor(executor, folder, cluster, timeout)
+    sub = Submitter(executor, folder, cluster, timeout)
     parent = Tracker.start(grid.experiment, run_name=f"grid-{grid.name}-{stamp}",
                            tags={"grid": grid.name, "grid_path": str(grid.path), "executor": executor,
                                  "kind": "grid"})
@@ -471,24 +201,13 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
         if pending:
             todo.append(pending)
 
-    env = job_environment()
     tags = {"grid": grid.name, "executor": executor}
-    tasks = [JobTask([to_dict(c) for c in chain], grid.experiment, parent.run_id, tags, force, env,
-                     [registry.job_hash(c) for c in chain]) for chain in todo]
+    tasks = [sub.task(chain, grid.experiment, parent.run_id, tags, force) for chain in todo]
     names = [" + ".join(f"{c.variant}/{c.dataset}/s{c.seed}" for c in chain) for chain in todo]
-    gpus = visible_gpus()
-    pool = LocalGpus(gpus if executor == "local" else [])
     jobs: list = []
     states: dict[int, str] = {}
     if executor == "slurm":
-        if max_parallel:
-            ex.update_parameters(slurm_array_parallelism=max_parallel)
-        jobs = [None] * len(tasks)
-        for n in sorted({chain[0].processes for chain in todo}):  # one array per process count
-            idx = [i for i, chain in enumerate(todo) if chain[0].processes == n]
-            set_processes(ex, cluster, n)
-            for i, j in zip(idx, ex.submit_array([tasks[i] for i in idx])):
-                jobs[i] = j
+        jobs = sub.submit_array(tasks, [chain[0] for chain in todo], max_parallel)
         for i, j in enumerate(jobs):
             say(f"[pending] {names[i]}  (SLURM job {j.job_id})")
             states[i] = "pending"
@@ -499,35 +218,28 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
         if executor != "slurm":  # throttle local jobs ourselves (submitit's local executor starts all at once)
             while queue and len(running) < max(1, max_parallel):
                 i = queue[0]
-                if not pool.assign(i, tasks[i], todo[i][0], ex):
+                job = sub.submit(i, tasks[i], todo[i][0])
+                if job is None:
                     break  # its GPUs are busy: wait for a running job to end
                 queue.pop(0)
-                set_processes(ex, cluster, todo[i][0].processes)
-                running[i] = ex.submit(tasks[i])
-                gpu_note = f" on GPU {tasks[i].env['CUDA_VISIBLE_DEVICES']}" if pool.held.get(i) else ""
+                running[i] = job
+                gpu_note = f" on GPU {tasks[i].env['CUDA_VISIBLE_DEVICES']}" if sub.pool.held.get(i) else ""
                 say(f"[running] {names[i]}{gpu_note}")
                 states[i] = "running"
         else:
             running = {i: j for i, j in enumerate(jobs) if i not in finished}
         for i, j in list(running.items()):
-            try:
-                done = j.done()
-            except Exception:
-                done = False
+            done = sub.done(j)
             if not done and executor == "slurm":
-                try:
-                    st = j.state
-                except Exception:
-                    st = "UNKNOWN"
-                new = "running" if st in ("RUNNING", "COMPLETING") else states.get(i, "pending")
+                new = "running" if sub.state(j) in ("RUNNING", "COMPLETING") else states.get(i, "pending")
                 if new != states.get(i):
                     say(f"[{new}] {names[i]}")
                     states[i] = new
             if done:
                 finished[i] = j
                 running.pop(i, None)
-                pool.release(i)
-                _collect(j, todo[i], names[i], results, say)
+                sub.release(i)
+                sub.collect(j, todo[i], names[i], results, say)
         if len(finished) < len(tasks):
             time.sleep(poll_s)
 
@@ -539,99 +251,16 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
         ordered.append({"variant": c.variant, "dataset": c.dataset, "seed": c.seed, **r})
     reconcile(grid.experiment, ordered, say, since_ms=started_ms)
     for c, r in zip(configs, ordered):
-        why = cpu_fallback(c, r, gpus, executor, cluster, pool)
+        why = cpu_fallback(c, r, sub.gpus, executor, cluster, sub.pool)
         if why:
             say(f"[warning] {c.variant}/{c.dataset}/s{c.seed} ran on the CPU (device auto) although this machine "
-                f"shows {len(gpus)} GPU(s): {why}")
+                f"shows {len(sub.gpus)} GPU(s): {why}")
     n_failed = sum(r["status"] == "FAILED" for r in ordered)
     parent.log_metrics({"jobs_failed": n_failed, "jobs_finished": sum(r["status"] == "FINISHED" for r in ordered),
                         "jobs_skipped": sum(r["status"] == "SKIPPED" for r in ordered)})
     parent.log_dict({"results": ordered}, "grid_results.json")
     parent.end("FAILED" if n_failed else "FINISHED")
     return ordered, parent.run_id
-
-
-def job_environment() -> dict[str, str]:
-    """What a job's process must share with the submitting one: the MLflow store, the run, cache and artifact
-    directories."""
-    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
-    for k in ("WAVEBENCH_RUNS", "WAVEBENCH_CACHE", "WAVEBENCH_ARTIFACT_ROOT", "WAVEBENCH_DATA"):
-        if k in os.environ:
-            env[k] = os.environ[k]
-    return env
-
-
-def _collect(job, chain: list[RunConfig], name: str, results: dict[str, dict], say) -> None:
-    """Record what a finished task returned for each job of its chain (a job it did not report stays absent)."""
-    from bench import registry
-
-    try:
-        res = task_result(job)
-    except Exception as e:
-        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
-        for c in chain:
-            h = registry.job_hash(c)
-            results.setdefault(h, {"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {},
-                                   "reason": reason})
-        say(f"[failed] {name}: {reason}")
-        say(indent(log_tail(job)))
-        return
-    expected = {registry.job_hash(c) for c in chain}
-    for r in res:
-        results[r["job_hash"]] = r
-    failed = [r for r in res if r["status"] == "FAILED"]
-    unknown = [r["job_hash"] for r in res if r["job_hash"] not in expected]
-    if unknown:  # the job and the runner disagree on a job's identity: say so instead of losing its result
-        failed.append({"reason": f"the task reported job hash(es) {', '.join(unknown)}, the runner expected "
-                                 f"{', '.join(sorted(expected))}"})
-    state = "failed" if failed else "done"
-    say(f"[{state}] {name}" + (f": {failed[0]['reason']}" if failed else ""))
-    if failed:
-        say(indent(log_tail(job)))
-
-
-def reconcile(experiment: str, results: list[dict], say, since_ms: int) -> None:
-    """Make the runner's statuses and MLflow's agree, job by job.
-
-    - A job's run that MLflow holds as FINISHED is FINISHED, even if its task's result was lost (the metrics are
-      read back from MLflow).
-    - A task that failed or died (killed, out of memory, timed out) may leave its run RUNNING or KILLED: the run is
-      marked FAILED with the reason (it stays resumable: the next attempt continues it from its checkpoint).
-    - A job whose task reported FINISHED but whose run is not FINISHED is FAILED, with MLflow's reason.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return
-    for r in results:
-        if r["status"] not in ("FINISHED", "FAILED"):
-            continue
-        if r.get("run_id"):
-            runs = [client.get_run(r["run_id"])]
-        else:  # a run this job left open, or one it started (and closed) during this grid
-            runs = []
-            for extra in ("attributes.status = 'RUNNING'", f"attributes.start_time >= {since_ms}"):
-                runs = runs or client.search_runs([exp.experiment_id], f"tags.job_hash = '{r['job_hash']}' and "
-                                                  f"{extra}", max_results=1, order_by=["attributes.start_time DESC"])
-        if not runs:
-            continue
-        run = runs[0]
-        r["run_id"], status = run.info.run_id, run.info.status
-        if status == "FINISHED" and r["status"] != "FINISHED":
-            say(f"[note] {r['job_hash'][:8]}: the task reported {r['status']} ({r.get('reason', '')}), but MLflow run "
-                f"{run.info.run_id} FINISHED: reporting FINISHED")
-            r.update(status="FINISHED", reason="", metrics=dict(run.data.metrics))
-        elif status != "FINISHED" and r["status"] == "FINISHED":
-            reason = run.data.tags.get("failure_reason") or f"its MLflow run ended {status}"
-            say(f"[note] {r['job_hash'][:8]}: the task reported FINISHED, but MLflow run {run.info.run_id} is "
-                f"{status}: reporting FAILED")
-            r.update(status="FAILED", reason=reason)
-        if r["status"] == "FAILED" and status != "FAILED":
-            reason = r.get("reason") or "its process ended without closing the run"
-            client.set_tag(run.info.run_id, "failure_reason", f"the job's process ended: {reason}"[:5000])
-            client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def cpu_fallback(cfg: RunConfig, result: dict, gpus: list[str], executor: str, cluster: dict,
@@ -643,10 +272,6 @@ def cpu_fallback(cfg: RunConfig, result: dict, gpus: list[str], executor: str, c
         return ("the cluster profile gives jobs no GPU (set gpus_per_node)" if not cluster.get("gpus_per_node")
                 else "the job's node showed no GPU to torch")
     return pool.fallback_reason(cfg) or "the job's process showed no GPU to torch"
-
-
-def indent(text: str) -> str:
-    return "\n".join("    | " + line for line in text.splitlines())
 
 
 def prerequisite_problems(configs: list[RunConfig], allow_download: bool = True) -> list[str]:
@@ -692,15 +317,6 @@ def dry_run_table(configs: list[RunConfig]) -> str:
         lines.append(f"{i:>3d} {c.variant:26s} {c.dataset:12s} {c.scale:6s} {c.seed:>4d} {budget:18s} "
                      f"{registry.job_hash(c):16s} {registry.train_hash(c)}")
     return "\n".join(lines)
-
-
-def resolve_executor(requested: str) -> str:
-    if requested == "auto":
-        return "slurm" if _sbatch_available() else "local"
-    if requested == "slurm" and not _sbatch_available():
-        raise ConfigError(["--executor slurm: sbatch is not on PATH (start a cluster with "
-                           "`slurm/local-cluster.sh up`, or use --executor local)"])
-    return requested
 
 
 def main(argv: list[str] | None = None) -> int:

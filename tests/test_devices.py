@@ -13,7 +13,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from bench import registry, run
+from bench import registry, run, submit
 from bench.config import to_dict
 from bench.evaluate import resolve_device
 from bench.tracking import Tracker
@@ -85,10 +85,10 @@ def test_the_gpu_pool_shares_out_waits_and_explains(tmp_path):
     import submitit
 
     ex = submitit.AutoExecutor(folder=tmp_path, cluster="local")
-    pool = run.LocalGpus(["7", "9"])
+    pool = submit.LocalGpus(["7", "9"])
     auto = registry.resolve(micro("wavediff", device="auto"))
     two = registry.resolve(micro("wavediff", device="auto", processes=2))
-    tasks = [run.JobTask([], "e", None, {}) for _ in range(4)]
+    tasks = [submit.JobTask([], "e", None, {}) for _ in range(4)]
     assert pool.assign(0, tasks[0], auto, ex) and tasks[0].env["CUDA_VISIBLE_DEVICES"] == "7"
     assert not pool.available(two) and not pool.assign(1, tasks[1], two, ex)  # waits: one GPU is busy
     pool.release(0)
@@ -99,7 +99,7 @@ def test_the_gpu_pool_shares_out_waits_and_explains(tmp_path):
     assert tasks[3].env["CUDA_VISIBLE_DEVICES"] == ""
     four = registry.resolve(micro("wavediff", device="auto", processes=4))
     assert pool.wants(four) == 0 and "processes=4 needs 4 GPUs, this machine shows 2" in pool.fallback_reason(four)
-    assert run.LocalGpus([]).fallback_reason(four) is None
+    assert submit.LocalGpus([]).fallback_reason(four) is None
 
 
 def test_device_cuda_without_a_gpu_fails_before_anything_runs(store, tmp_path, capsys, monkeypatch):
@@ -113,9 +113,9 @@ def test_device_cuda_without_a_gpu_fails_before_anything_runs(store, tmp_path, c
     assert MlflowClient(store).get_experiment_by_name("nocuda") is None  # nothing logged
     # On SLURM the cluster profile decides: no gpus_per_node, no GPU.
     cfg = registry.resolve(micro("wavediff", device="cuda"))
-    (msg,) = run.device_problems([cfg], "slurm", {"partition": "debug"}, [])
+    (msg,) = submit.device_problems([cfg], "slurm", {"partition": "debug"}, [])
     assert "the cluster profile gives jobs no GPU; set gpus_per_node" in msg
-    assert run.device_problems([cfg], "slurm", {"gpus_per_node": 1}, []) == []
+    assert submit.device_problems([cfg], "slurm", {"gpus_per_node": 1}, []) == []
 
 
 def test_resolve_device_says_why_cuda_is_missing(monkeypatch):
@@ -185,7 +185,7 @@ def test_a_finished_run_whose_result_was_lost_is_reported_finished(store):
     t.end("FINISHED")
     results = [{"job_hash": h, "status": "FAILED", "run_id": None, "metrics": {}, "reason": "lost"}]
     notes = []
-    run.reconcile("lost", results, notes.append, since_ms=0)
+    submit.reconcile("lost", results, notes.append, since_ms=0)
     assert results[0]["status"] == "FINISHED" and results[0]["run_id"] == t.run_id
     assert results[0]["metrics"]["fid"] == 12.5 and "MLflow run" in notes[0]
     assert MlflowClient(store).get_run(t.run_id).info.status == "FINISHED"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from bench import tune
+from bench import tune, tune_study
 from conftest import micro
 
 # Micro jobs: 2 training steps, FID every step on 8 samples, a 2-step posterior chain, one timing repeat.
@@ -51,7 +51,7 @@ def _runs(uri: str, kind: str) -> list:
 
 def _study(tmp_path: Path, name: str, storage: str | None = None) -> optuna.Study:
     url = storage or f"sqlite:///{tmp_path / 'optuna.db'}"
-    return optuna.load_study(study_name=name, storage=tune.make_storage(url))
+    return optuna.load_study(study_name=name, storage=tune_study.make_storage(url))
 
 
 def _is_png(path: Path) -> bool:
