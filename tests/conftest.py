@@ -1,9 +1,11 @@
 """Shared fixtures: a real temporary MLflow store and run directory, the local SLURM cluster, and micro-sized
 job overrides."""
+import getpass
 import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,33 @@ def slurm_up():
                 pytest.fail(reason)
             pytest.skip(reason)
         yield
+
+
+def _my_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "--user", getpass.getuser(), "-o", "%i %T"], capture_output=True,
+                         text=True, timeout=15)
+    return out.stdout.split("\n") if out.stdout.strip() else []
+
+
+@pytest.fixture(autouse=True)
+def idle_slurm_node(request):
+    """A SLURM test starts on an empty queue and an idle node: tests run one at a time, so a job still queued or
+    running now was left by an earlier test (cancelled while it started, still completing) and would hold the
+    node's CPUs that this test's jobs wait for. Such jobs are cancelled; the test waits up to 60 s for the node."""
+    if not {"slurm_up", "slurm_cluster"} & set(request.fixturenames):
+        yield
+        return
+    request.getfixturevalue("slurm_up")
+    left = _my_jobs()
+    if left:
+        subprocess.run(["scancel", "--user", getpass.getuser()], capture_output=True, timeout=15)
+    deadline = time.monotonic() + 60
+    while True:
+        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15).stdout.split()
+        if not _my_jobs() and states and all(s == "idle" for s in states):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the SLURM node is not idle after 60 s (sinfo: {' '.join(states)}; jobs left by earlier "
+                        f"tests: {'; '.join(_my_jobs()) or 'none'})")
+        time.sleep(0.5)
+    yield

@@ -28,7 +28,7 @@ MLFLOW_SCRIPT = ROOT / "slurm" / "mlflow-server.sh"
 
 def profile_parameters(path: Path) -> dict:
     """The submitit parameters the runner derives from a cluster profile."""
-    from bench.run import cluster_parameters, load_cluster
+    from bench.submit import cluster_parameters, load_cluster
 
     return cluster_parameters(load_cluster(str(path)), timeout_min=60)
 
@@ -67,7 +67,8 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+            queue = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, timeout=15)
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what} (squeue: {queue.stdout.strip()!r})")
         time.sleep(0.2)
 
 
@@ -105,7 +106,7 @@ def test_profiles_map_onto_submitit_parameters(tmp_path):
     assert gpu["slurm_signal_delay_s"] == 120 and gpu["timeout_min"] == 1440
     if shutil.which("srun"):  # submitit's SLURM executor accepts every parameter (it needs srun to exist)
         submitit.AutoExecutor(folder=tmp_path, cluster="slurm").update_parameters(**gpu)
-    from bench.run import load_cluster  # the runner reads both profiles (it rejects unknown keys)
+    from bench.submit import load_cluster  # the runner reads both profiles (it rejects unknown keys)
 
     for path in (LOCAL_PROFILE, GPU_PROFILE):
         assert load_cluster(str(path)) == yaml.safe_load(path.read_text())
@@ -150,7 +151,7 @@ def test_interrupted_checkpointable_job_checkpoints_requeues_and_finishes(slurm_
     job = executor.submit(SleepThenFinish(), str(marks))
     urgent_out = tmp_path / "urgent.out"
     try:
-        _wait_for(lambda: (marks / "started_0").exists(), 30, "the first attempt to start")
+        _wait_for(lambda: (marks / "started_0").exists(), 60, "the first attempt to start")
         if interruption == "usr2":
             subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=15)
         else:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from bench import run
+from bench import run, submit
 from conftest import free_port, micro
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,11 @@ def _preempt_once(store, grid_path, experiment: str, loss: str, after_steps: int
     configs = run.validate(grid)
     out = {}
     th = threading.Thread(target=lambda: out.update(res=run.run_grid(
-        grid, configs, executor="slurm", max_parallel=1, cluster=run.load_cluster(str(ROOT / "slurm/profiles/local.yaml")),
+        grid, configs, executor="slurm", max_parallel=1, cluster=submit.load_cluster(str(ROOT / "slurm/profiles/local.yaml")),
         poll_s=0.5)))
     th.start()
     client = MlflowClient(store)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # two ranks each import torch and MLflow on a busy 2-core machine
     run_id = None
     while time.monotonic() < deadline:  # wait until training is under way (a few steps logged)
         kids = _children(store, experiment) if client.get_experiment_by_name(experiment) else []
@@ -59,7 +59,9 @@ def _preempt_once(store, grid_path, experiment: str, loss: str, after_steps: int
             run_id = kids[0].info.run_id
             break
         time.sleep(0.5)
-    assert run_id, "training did not start on the cluster"
+    if not run_id:
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, timeout=15).stdout
+        pytest.fail(f"training did not start on the cluster within 240 s (squeue: {queue.strip()!r})")
     job_id = client.get_run(run_id).data.tags["slurm_job_id"].split("_")[0]
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     th.join(timeout=300)
