@@ -23,9 +23,18 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = [
+    "to_signed_unit",
     "DataConfig", "DATASETS", "DataError", "load_dataset", "dataset_channels", "reference_uint8",
     "dataset_fingerprint", "check_data_config", "resolve_root", "DATA_ENV",
 ]
+
+
+def to_signed_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1], bit-identical on every device: one multiplication by a float32 constant
+    and one subtraction, each exactly rounded (``x / 127.5`` is not: CUDA divides by multiplying with the
+    reciprocal, the CPU divides, and the two differ in the last bit)."""
+    return pixels.float().mul(2.0 / 255.0).sub(1.0)
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CIFAR_LAYOUT = (
@@ -85,7 +94,7 @@ class InMemoryImages(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, i: int):
-        x = self.images[i].float() / 127.5 - 1.0
+        x = to_signed_unit(self.images[i])
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, self.labels[i]
@@ -115,7 +124,7 @@ class ImageFolder(Dataset):
             return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def __getitem__(self, i: int):
-        x = self.load_uint8(i).float() / 127.5 - 1.0
+        x = to_signed_unit(self.load_uint8(i))
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, torch.tensor(0)

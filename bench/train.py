@@ -36,7 +36,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from bench.data import InMemoryImages
+from bench.data import InMemoryImages, to_signed_unit
 from bench.distributed import SINGLE, DistContext
 from models.ddgan import DDGANLoss
 
@@ -258,7 +258,7 @@ class BatchStream:
         if self.images is not None:
             perm, flips = self._epoch_plan(epoch)
             idx = perm[k * self.bs:(k + 1) * self.bs][mine]
-            x = self.images[idx].float() / 127.5 - 1.0
+            x = to_signed_unit(self.images[idx])
             if flips is not None:  # a select, not a masked assignment: no host synchronisation
                 x = torch.where(flips[k][mine].view(-1, 1, 1, 1), x.flip(-1), x)
             return x

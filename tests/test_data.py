@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import (DataConfig, DataError, check_data_config, dataset_channels, dataset_fingerprint,
+from bench.data import (DataConfig, to_signed_unit, DataError, check_data_config, dataset_channels, dataset_fingerprint,
                         load_dataset, reference_uint8, resolve_root)
 
 
@@ -28,7 +28,7 @@ def test_digits_embedded_default():
 def test_hflip_switch_only_flips():
     ds = load_dataset(DataConfig(hflip=True), "train")
     torch.manual_seed(0)
-    seen = {bool(torch.equal(ds[3][0], ds.images[3].float() / 127.5 - 1)) for _ in range(20)}
+    seen = {bool(torch.equal(ds[3][0], to_signed_unit(ds.images[3]))) for _ in range(20)}
     assert seen == {True, False}
     plain = load_dataset(DataConfig(hflip=False), "train")
     assert all(torch.equal(plain[3][0], plain[3][0]) for _ in range(3))

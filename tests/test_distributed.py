@@ -30,7 +30,8 @@ def launch(*args, world: int = 2, device: str = "cpu") -> None:
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "WAVEBENCH_TEST_DEVICE": device, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]),
+               "WAVEBENCH_TEST_DEVICE": device,  # the parent's PYTHONPATH kept: packages installed with --target
+               "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]),
                "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # deterministic cuBLAS, for exact comparisons on GPUs
         procs.append(subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench import registry
-from bench.data import load_dataset
+from bench.data import load_dataset, to_signed_unit
 from bench.tracking import NullTracker
 from bench.train import BatchStream, Checkpointer, NonFiniteLoss, run_loop, train_gan
 from conftest import micro
@@ -155,7 +155,7 @@ def test_batches_on_the_device_are_the_documented_order(tmp_path):
         epoch, k = divmod(step, 3)
         perm = torch.randperm(30, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch))
         flip = torch.rand(8, generator=torch.Generator().manual_seed(3 * 7_919 + step)) < 0.5
-        x = ds.images[perm[k * 8:(k + 1) * 8]].float() / 127.5 - 1.0
+        x = to_signed_unit(ds.images[perm[k * 8:(k + 1) * 8]])
         x[flip] = x[flip].flip(-1)
         assert torch.equal(s.batch(step), x), step
 
