@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/python -m bench.demo
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 # On a machine with an NVIDIA GPU: versions, the cuda-marked tests, a two-variant grid on the GPU, the table.
 # Uses .venv when it exists, else $(PY) (e.g. a GPU image's python with torch preinstalled: make gpu-check PY=python3);
