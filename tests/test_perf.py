@@ -3,6 +3,7 @@ numbers and sane ratios, and the MLflow run (experiment ``perf``) carries the me
 
 One torch thread: on a loaded machine multi-threaded operators stall (threads wait for a core), which makes the
 smoke run several times slower without testing anything more; the benchmark restores the thread count after."""
+import json
 import math
 import re
 
@@ -151,3 +152,20 @@ def test_rounds_interleave_arms_and_drop_warmup():
 def test_unknown_section_is_an_error():
     with pytest.raises(SystemExit):
         perf.main(["--quick", "--sections", "haar,nope", "--no-mlflow"])
+
+
+def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path, monkeypatch):
+    """The report is written after each section: a run killed in a later section leaves the earlier ones."""
+    def killed(pc, device):
+        raise KeyboardInterrupt  # what a timeout's signal or Ctrl-C does mid-section
+
+    monkeypatch.setitem(perf.MODULES, "overhead", type("Killed", (), {"run": staticmethod(killed)}))
+    out = tmp_path / "perf.md"
+    with pytest.raises(KeyboardInterrupt):
+        perf.main(["--quick", "--sections", "haar,overhead", "--no-mlflow", "--device", "cpu", "--threads", "1",
+                   "--out", str(out)])
+    text = out.read_text()
+    assert "## 1. Haar transform" in text and "**Partial report**" in text and "still to run when this was " \
+        "written: overhead" in text
+    assert re.search(r"^\| \(256,3,32,32\) \| [0-9.]+ ", text, re.M)  # the measured row, not only its heading
+    assert json.loads(out.with_suffix(".json").read_text())["unfinished"] == ["overhead"]

@@ -40,6 +40,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -61,8 +62,10 @@ __all__ = ["PerfConfig", "quick_config", "run_benchmark", "render", "rounds", "i
 MODULES = {"haar": haar, "sampling": sampling, "training": training, "overhead": overhead}
 
 
-def run_benchmark(pc: PerfConfig) -> dict:
-    """Run the configured sections; returns every measurement (what the report and MLflow are made from)."""
+def run_benchmark(pc: PerfConfig, on_section: Callable[[dict], None] | None = None) -> dict:
+    """Run the configured sections; returns every measurement (what the report and MLflow are made from).
+    ``on_section`` gets the results so far after each section but the last (``res["unfinished"]`` names the
+    sections still to run), so a run that is cut short keeps what it measured."""
     unknown = [s for s in pc.sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}")
@@ -70,12 +73,12 @@ def run_benchmark(pc: PerfConfig) -> dict:
     if pc.threads:
         torch.set_num_threads(pc.threads)
     try:
-        return _run_sections(pc)
+        return _run_sections(pc, on_section)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_sections(pc: PerfConfig) -> dict:
+def _run_sections(pc: PerfConfig, on_section: Callable[[dict], None] | None = None) -> dict:
     device = resolve_device(pc.device)
     res: dict = {
         "config": asdict(pc), "device": device_description(device), "git_commit": git_commit(),
@@ -87,14 +90,14 @@ def _run_sections(pc: PerfConfig) -> dict:
         res["device"]["tf32_conv"] = torch.backends.cudnn.allow_tf32
         res["device"]["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     t0 = time.perf_counter()
-    for name in SECTIONS:
-        if name in pc.sections:
-            ts = time.perf_counter()
-            res[name] = MODULES[name].run(pc, device)
-            res[name]["section_wall_s"] = time.perf_counter() - ts
-    res["wall_s"] = time.perf_counter() - t0
-    res["load_end"] = _load()
-    res["cpu_pressure_end"] = _cpu_pressure()
+    todo = [name for name in SECTIONS if name in pc.sections]
+    for i, name in enumerate(todo):
+        ts = time.perf_counter()
+        res[name] = MODULES[name].run(pc, device)
+        res[name]["section_wall_s"] = time.perf_counter() - ts
+        res.update(wall_s=time.perf_counter() - t0, load_end=_load(), cpu_pressure_end=_cpu_pressure())
+        if on_section is not None and i + 1 < len(todo):
+            on_section({**res, "unfinished": todo[i + 1:]})
     return res
 
 
@@ -127,6 +130,9 @@ def render(res: dict) -> str:
              f"% of time a task waited for a CPU) {res.get('cpu_pressure_start')} / {res.get('cpu_pressure_end')}; "
              f"commit {res['git_commit']}; "
              f"{res['started']}; total {res['wall_s']:.0f} s.")
+    if res.get("unfinished"):
+        L += ["", f"**Partial report**, written after each section: still to run when this was written: "
+                  f"{', '.join(res['unfinished'])} (a run that ended here was cut short)."]
     busy = [p for p in (res.get("cpu_pressure_start"), res.get("cpu_pressure_end")) if p is not None and p >= 10]
     if busy and d["device"] == "cpu":
         L.append("")
@@ -223,13 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--repeats, --sample-batch, --train-batch and --threads must be >= 1")
     pc = quick_config(**over) if args.quick else PerfConfig(**over)
 
-    res = run_benchmark(pc)
-    text = render(res)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
     json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps(res, indent=2, default=str))
+
+    def write(res: dict) -> str:
+        text = render(res)
+        out.write_text(text)
+        json_path.write_text(json.dumps(res, indent=2, default=str))
+        return text
+
+    res = run_benchmark(pc, on_section=write)
+    text = write(res)
     print(text)
     print(f"written: {out} and {json_path}")
     if not args.no_mlflow:
