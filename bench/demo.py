@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.config import ConfigError, RunConfig
-from bench.run import load_grid, resolve_executor, run_grid, validate
+from bench.run import load_grid, run_grid, validate
+from bench.submit import resolve_executor
 from bench.tracking import REPO_ROOT, tracking_uri, ui_lines
 
 OUT = REPO_ROOT / "reports" / "out"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.tune import TuneConfig
+    from bench.tune_study import TuneConfig
 
 __all__ = ["finished_trials", "count_states", "best_trial", "summary_table", "log_summary", "write_artifacts",
            "plot_history", "plot_lambda", "write_trials_csv"]
