@@ -27,13 +27,25 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Small tensors: one intra-op thread is much faster than two on a shared, busy CPU."""
+    """Small tensors and matrices: one intra-op thread (torch's, and numpy/scipy's BLAS) is much faster than two on a
+    shared, busy CPU, where the thread pools only contend."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):
+        yield
     torch.set_num_threads(threads)
+
+
+def online() -> bool:
+    """Whether the internet is reachable (github.com): tests of what a download would do pick their branch."""
+    try:
+        socket.create_connection(("github.com", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:

@@ -1,25 +1,16 @@
 """Quality metrics: the digits backbone, torch-fidelity's FID/KID/PRC on it, caching and the offline errors."""
-import socket
 
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from bench import metrics as M
 from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
+from conftest import online
 
 CFG = M.MetricsConfig(kid_subsets=20)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small matrices on a shared 2-core machine: torch's and numpy's thread pools only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch and BLAS thread
 
 
 @pytest.fixture(scope="module")
@@ -167,16 +158,8 @@ def test_missing_local_weights_raise_clear_error(tmp_path, digits):
         M.compute_metrics(test[:10], test[:10], dataset="cifar10", cfg=cfg, cache_dir=tmp_path)
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("github.com", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_offline_download_raises_clear_error(tmp_path, monkeypatch, digits):
-    if _online():
+    if online():
         pytest.skip("network reachable: the offline error path cannot be exercised without a download")
     _, test, _ = digits
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights there

@@ -7,7 +7,6 @@ registered as the test-only model ``dinov2-vit-test-14``.
 """
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -15,26 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from threadpoolctl import threadpool_limits
 from torch_fidelity.feature_extractor_dinov2 import MODEL_METADATA
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from bench import metrics as M
 from bench.data import DataConfig, load_dataset, reference_uint8
+from conftest import online
 
 TINY = "dinov2-vit-test-14"
 TINY_ARCH = M.DinoV2Arch(embed_dim=48, depth=2, num_heads=3)
 M.register_dinov2_model(TINY, TINY_ARCH)
 K = 5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch and BLAS thread
 
 
 @pytest.fixture(scope="module")
@@ -307,16 +299,8 @@ def test_prerequisites_name_every_missing_file(tmp_path, monkeypatch):
     assert f"eval.metrics.vgg16_weights={tmp_path / files[1]} does not exist" in problem
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("github.com", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_prerequisites_offline_download_fails_fast(tmp_path, monkeypatch):
-    if _online():
+    if online():
         pytest.skip("network reachable: this would download the weights")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     t0 = time.perf_counter()

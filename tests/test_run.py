@@ -1,4 +1,3 @@
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from bench import run
 from bench.config import ConfigError
 from bench.tracking import runs_table_url
-from conftest import EVAL_MICRO, GAN_MICRO, micro
+from conftest import EVAL_MICRO, GAN_MICRO, micro, online
 
 import pytest
 
@@ -93,19 +92,11 @@ def test_a_failing_job_does_not_stop_the_grid(store, tmp_path, capsys):
     assert "[failed]" in out and "non-finite loss" in out and "FINISHED" in out
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("github.com", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_a_grid_that_could_not_evaluate_fails_before_anything_runs(store, tmp_path, monkeypatch, capsys):
     """Issue 16: an image folder with quality metrics on and no Inception weights reachable used to train to its
     budget and only then fail. Now the grid stops at validation (exit 2), naming the file and the key; --dry-run
     lists it without downloading."""
-    if _online():
+    if online():
         pytest.skip("network reachable: the runner would download the Inception and VGG16 weights")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     folder = tmp_path / "images"
