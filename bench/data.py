@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = [
-    "to_signed_unit",
-    "DataConfig", "DATASETS", "DataError", "load_dataset", "dataset_channels", "reference_uint8",
+    "DataConfig", "DATASETS", "DataError", "load_dataset", "dataset_channels", "reference_uint8", "to_signed_unit",
     "dataset_fingerprint", "check_data_config", "resolve_root", "DATA_ENV",
 ]
 

@@ -48,7 +48,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TIMEOUT_S, INCEPTION, VGG16,
                              DinoV2Arch, DinoV2FeatureExtractor, DinoV2ViT, MetricsError, Weights, file_fingerprint,
                              load_dinov2, locate_weights, register_dinov2_model, weights_file)
-from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
+from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8, to_signed_unit
 from bench.schema import SCORE_KEYS
 
 __all__ = [
@@ -184,7 +184,7 @@ def _uint8_to_classifier_input(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-2:] != (CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION):
         x = F.interpolate(x, size=(CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION), mode="bilinear",
                           antialias=True, align_corners=False)
-    return x / 127.5 - 1.0
+    return to_signed_unit(x)  # the pixel convention of training (a float input here: grey levels, resized)
 
 
 def _state_fingerprint(state: dict) -> str:
