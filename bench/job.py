@@ -33,12 +33,12 @@ from bench.evaluate import (NFECounter, count_flops, count_params, device_descri
 from bench.metrics import compute_metrics, reference_images, resolve_backbone
 from bench.sampling import EvalSampler
 from bench.schema import INTERMEDIATE_METRICS, SAMPLING_KEYS, SCORE_KEYS
-from bench.tracking import (REPO_ROOT, NullTracker, Tracker, dataset_input, flatten, get_experiment_id,
-                            tracking_uri)
-from bench.train import CHECKPOINT_VERSION, BatchStream, TrainResult
+from bench.tracking import (REPO_ROOT, NullTracker, Tracker, TrackingError, dataset_input, flatten, not_found,
+                            quick_attempt, tracking_uri)
+from bench.train import CHECKPOINT_VERSION, BatchStream, Checkpointer, TrainResult
 
 __all__ = ["JobResult", "run_job", "runs_root", "evaluate", "find_finished_run", "to_uint8", "setup_training",
-           "SAMPLING_KEYS", "intermediate_metric", "dataset_digest"]
+           "SAMPLING_KEYS", "intermediate_metric", "dataset_digest", "open_job_run"]
 
 
 
@@ -261,7 +261,8 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
                 p.unlink()
             run_file.unlink(missing_ok=True)
         (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    tracker = _open_run(cfg, jh, th, experiment, parent_run_id, tags, run_file) if dist.is_main else NullTracker()
+    tracker = (open_job_run(cfg, jh, th, experiment, parent_run_id, tags, run_file, str(resolve_device(cfg.device)))
+               if dist.is_main else NullTracker())
     dist.barrier()  # the other ranks start once rank 0 has cleared old checkpoints (--force)
 
     try:
@@ -269,7 +270,6 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
         problems = dist.broadcast(registry.evaluation_prerequisites(cfg) if dist.is_main else None)
         if problems:
             raise ConfigError(problems, f"{cfg.variant}: not training, this job could not be evaluated")
-        tracker.log_params(flatten(cfg))
         if dist.is_main:  # CPU/GPU utilisation and memory while the job runs; a resumed run continues its steps
             tracker.set_tags({"system_metrics": tracker.start_system_metrics(
                 resume="system_metrics" in tracker.tags())})
@@ -289,12 +289,35 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
             return JobResult("FINISHED", None, jh, {"train_steps": result.step},
                              f"rank {dist.rank}: training done; rank 0 logs and evaluates", device=device.type)
         return _finish(cfg, system, result, len(stream.ds), tracker, device, jh, th, progress, out_dir)
+    except TrackingError as e:  # the store failed: keep the training and the metrics not written, say how to go on
+        if dist.is_main:
+            raise _after_store_failure(e, tracker, workdir, run_file) from e.cause
+        raise
     except BaseException as e:
         if dist.is_main and isinstance(e, (KeyboardInterrupt, SystemExit)):  # killed or requeued: resumable
             tracker.end("KILLED")
         elif dist.is_main:
             tracker.fail(f"{type(e).__name__}: {e}")
         raise
+
+
+def _after_store_failure(e: TrackingError, tracker: Tracker, workdir: Path, run_file: Path) -> TrackingError:
+    """A job whose store failed: its checkpoints stay, the metric values not written go to its pending file, one
+    quick attempt marks its run FAILED (a store that is down leaves it RUNNING: the next attempt resumes it either
+    way). Returns the error, saying what was kept."""
+    spooled = tracker.spool(pending_metrics_file(run_file))
+    try:
+        with quick_attempt():
+            tracker.set_tags({"failure_reason": f"TrackingError: {e}"[:5000]})
+            tracker.client.set_terminated(tracker.run_id, status="FAILED")
+    except Exception:
+        pass
+    ckpts = Checkpointer(workdir).paths()
+    kept = (f"training kept: checkpoint {ckpts[-1].name} in {workdir}" if ckpts else
+            f"no training step was lost (no checkpoint yet in {workdir})")
+    if spooled:
+        kept += f", {spooled} metric values not written kept in {pending_metrics_file(run_file).name}"
+    return e.keeping(kept + "; run the grid again to resume the job and write them")
 
 
 def setup_training(cfg: RunConfig, dist: DistContext = SINGLE) -> tuple[object, BatchStream, torch.device]:
@@ -310,26 +333,33 @@ def setup_training(cfg: RunConfig, dist: DistContext = SINGLE) -> tuple[object, 
     return system, stream, device
 
 
-def _open_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: str | None, tags: dict | None,
-              run_file: Path) -> Tracker:
-    """Continue this job's MLflow run (job hash ``jh``, training hash ``th``) if an earlier attempt left one
-    unfinished, else start one."""
+def pending_metrics_file(run_file: Path) -> Path:
+    """Where a job keeps the metric values its store did not take (``pending-<job hash>.jsonl`` beside its run
+    file) until the next attempt writes them."""
+    return run_file.with_name(run_file.name.replace("run-", "pending-", 1).replace(".json", ".jsonl"))
+
+
+def open_job_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: str | None, tags: dict | None,
+                 run_file: Path, device: str) -> Tracker:
+    """What a job writes to the store at its start: continue this job's MLflow run (job hash ``jh``, training hash
+    ``th``) if an earlier attempt left one unfinished, else start one with the job's tags; then its params (the
+    flattened resolved config). Its data sets are logged once they are loaded (:meth:`Tracker.log_datasets`)."""
     variant = registry.VARIANTS[cfg.variant]
     tracker = None
     if run_file.exists():
         rec = json.loads(run_file.read_text())
         if rec.get("tracking_uri") == tracking_uri():
-            try:
-                tracker = Tracker.resume(rec["run_id"])
-            except Exception:
-                tracker = None
+            try:  # the metrics an earlier attempt could not write are written now
+                tracker = Tracker.resume(rec["run_id"], spool=pending_metrics_file(run_file))
+            except TrackingError as e:
+                if not not_found(e):  # a store that fails now must not make this job a second run
+                    raise
+                tracker = None  # the run was deleted: a new one
     if tracker is None:
-        get_experiment_id(experiment)
-        device_tag = str(resolve_device(cfg.device))
         tracker = Tracker.start(experiment, run_name=f"{cfg.variant}-{cfg.dataset}-{jh[:6]}", parent_run_id=parent_run_id,
                                 tags={"variant": cfg.variant, "dataset": cfg.dataset, "scale": cfg.scale,
                                       "family": variant.family.name, "paper": variant.paper, "job_hash": jh,
-                                      "train_hash": th, "device": device_tag,
+                                      "train_hash": th, "device": device,
                                       "published_row": variant.published_row or "",
                                       "metric_backbone": resolve_backbone(cfg.eval.metrics.backbone, cfg.data.name),
                                       **({"processes": str(cfg.processes)} if cfg.processes > 1 else {}),
@@ -339,6 +369,7 @@ def _open_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: 
         run_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracking_uri()}))
     elif tags:
         tracker.set_tags(tags)
+    tracker.log_params(flatten(cfg))
     return tracker
 
 

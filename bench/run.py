@@ -36,7 +36,7 @@ from bench.submit import (CLUSTER_KEYS, EXECUTORS, LocalGpus, Submitter, device_
                           visible_gpus)
 from bench.tracking import Tracker, current_name, tracking_uri, ui_lines
 
-__all__ = ["load_grid", "expand", "validate", "Grid", "main", "run_grid"]
+__all__ = ["load_grid", "expand", "validate", "Grid", "main", "run_grid", "prepare_tracking"]
 
 GRID_KEYS = ("name", "experiment", "defaults", "axes", "jobs", "executor", "cluster")
 EXECUTOR_KEYS = ("name", "max_parallel", "timeout_min")
@@ -165,6 +165,14 @@ def chains(configs: list[RunConfig]) -> list[list[RunConfig]]:
     return list(groups.values())
 
 
+def prepare_tracking(experiment: str, grid_name: str, run_name: str, executor: str, tags: dict | None = None
+                     ) -> Tracker:
+    """What the runner writes to the store before any job starts, so that no two jobs race to create it: the
+    store's schema (a new SQLite file), the experiment, and the grid's parent run. Returns the parent run."""
+    return Tracker.start(experiment, run_name=run_name,
+                         tags={"grid": grid_name, "executor": executor, "kind": "grid", **(tags or {})})
+
+
 def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_parallel: int, cluster: dict,
              force: bool = False, poll_s: float = 2.0, out=None) -> tuple[list[dict], str]:
     """Submit every job (skipping FINISHED ones), follow their state, return (results, parent run id)."""
@@ -180,9 +188,8 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     folder = runs_root() / "submitit" / f"{grid.name}-{stamp}"
     timeout = float(grid.executor.get("timeout_min", cluster.get("timeout_min", 240)))
     sub = Submitter(executor, folder, cluster, timeout)
-    parent = Tracker.start(grid.experiment, run_name=f"grid-{grid.name}-{stamp}",
-                           tags={"grid": grid.name, "grid_path": str(grid.path), "executor": executor,
-                                 "kind": "grid"})
+    parent = prepare_tracking(grid.experiment, grid.name, f"grid-{grid.name}-{stamp}", executor,
+                              {"grid_path": str(grid.path)})
     parent.log_params({"grid": grid.name, "num_jobs": len(configs), "executor": executor,
                        "max_parallel": max_parallel})
     results: dict[str, dict] = {}

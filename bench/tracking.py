@@ -14,6 +14,13 @@ machine's CPU/GPU utilisation and memory as MLflow system metrics (``system/*``,
 MLflow 3.x's UI opens an experiment on its GenAI page ("Traces: 0"); :func:`runs_table_url` gives the URL of the
 runs table (``?workflowType=machine_learning``), optionally restricted to one grid's child runs, and
 ``python -m bench.tracking url`` prints it for the experiment of the latest run (``make ui``).
+
+Writes that several jobs of one grid make at the same moment (the experiment, a data set's row, which the store
+keys by name and looks up before inserting) go through :func:`store_write`: a bounded retry that recognises a lost
+race (the row now exists) or a busy store and goes on; a write that still fails ends the job with a
+:class:`TrackingError` naming the write and the store. Metrics that could not be written are kept (the tracker's
+buffer, spooled to the job's directory by :meth:`Tracker.spool`) and written when the job resumes; a resumed run
+never logs a metric twice at a step the store already has.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import json
 import logging
 import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -37,7 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["REPO_ROOT", "tracking_uri", "artifact_root", "get_experiment_id", "flatten", "Tracker",
            "NullTracker", "git_commit", "UI_HOST", "UI_PORT", "ui_base", "runs_table_url", "run_url",
-           "ui_lines", "latest_run", "dataset_input", "log_datasets", "RENAMED_METRICS", "current_name"]
+           "ui_lines", "latest_run", "dataset_input", "log_datasets", "RENAMED_METRICS", "current_name",
+           "TrackingError", "store_write", "WRITE_TRIES", "not_found", "quick_attempt"]
 
 UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `make ui` serves a local store
 
@@ -86,6 +95,86 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+# ============================================================================================== writes
+
+WRITE_TRIES = 8  # attempts of one write that lost a race or found the store busy (~6 s of back-off in all)
+
+# How stores say that a row keyed by name was inserted by someone else between our look-up and our insert
+# (SQLite, PostgreSQL, MySQL, MLflow's REST error code), and that they are busy (locks, serialisation).
+_LOST_RACE = ("unique constraint", "integrityerror", "duplicate key value", "duplicate entry", "already exists",
+              "resource_already_exists")
+_BUSY = ("database is locked", "database table is locked", "deadlock", "could not serialize",
+         "lock wait timeout")
+
+
+class TrackingError(RuntimeError):
+    """A write the MLflow store refused, or could not take after :data:`WRITE_TRIES` attempts; names the write
+    and the store."""
+
+    def __init__(self, what: str, uri: str, cause: BaseException, tries: int, kept: str = ""):
+        self.what, self.uri, self.cause, self.tries, self.kept = what, uri, cause, tries, kept
+        first = (str(cause).strip().splitlines() or [""])[0][:300]
+        super().__init__(f"MLflow store {uri}: {what} failed after {tries} attempt{'s' if tries > 1 else ''} "
+                         f"({type(cause).__name__}: {first})" + (f"; {kept}" if kept else ""))
+
+    def keeping(self, kept: str) -> "TrackingError":
+        """The same error, saying what of the job's work was kept and how to go on."""
+        return TrackingError(self.what, self.uri, self.cause, self.tries, kept)
+
+
+def not_found(e: BaseException) -> bool:
+    """Whether the store said that a run or experiment does not exist (deleted, or another store)."""
+    text = f"{e} {getattr(e, 'cause', '')}"
+    return "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower()
+
+
+class quick_attempt:
+    """One attempt per HTTP request inside the block (MLflow's client otherwise retries an unreachable server
+    for minutes): for the last writes of a job whose store already failed."""
+
+    KEYS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.KEYS}
+        os.environ.update(self.KEYS)
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return False
+
+
+def _transient(e: BaseException) -> str | None:
+    """"lost race" / "busy" when another attempt of the same write can succeed, else None."""
+    text = f"{type(e).__name__} {e}".lower()
+    if any(m in text for m in _LOST_RACE):
+        return "lost race"
+    if any(m in text for m in _BUSY):
+        return "busy"
+    return None
+
+
+def store_write(what: str, fn, uri: str | None = None, tries: int | None = None):
+    """``fn()``, again after a lost race or a busy store (with a growing, jittered pause), at most ``tries``
+    times; ``fn`` looks up before it inserts, so a retry finds the row the winner wrote and goes on. Any other
+    failure, or the last one, raises :class:`TrackingError` at once (over HTTP, MLflow's client has already
+    retried an unreachable server for ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` attempts)."""
+    tries = tries or WRITE_TRIES
+    for attempt in range(1, tries + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if isinstance(e, (TrackingError, ValueError)):  # ours (a param a resumed run cannot change)
+                raise
+            if _transient(e) is None or attempt == tries:
+                raise TrackingError(what, uri or tracking_uri(), e, attempt) from e
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+
+
 def _client(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
@@ -95,19 +184,17 @@ def _client(uri: str | None = None):
 def get_experiment_id(name: str, uri: str | None = None) -> str:
     """The experiment's id, created (with an explicit artifact location) if missing."""
     client = _client(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
     location = None
     if not (uri or tracking_uri()).startswith(("http://", "https://")):
         location = Path(artifact_root()).joinpath(name).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another process
+
+    def get_or_create() -> str:  # a retry after a lost race finds the experiment the winner created
         exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        if exp is not None:
+            return exp.experiment_id
+        return client.create_experiment(name, artifact_location=location)
+
+    return store_write(f"creating experiment {name!r}", get_or_create, uri)
 
 
 # ============================================================================================== the UI
@@ -179,18 +266,27 @@ def dataset_input(name: str, split: str, digest: str, num_images: int, shape: tu
     return DatasetInput(ds, tags=tags + ([InputTag("used_for", used_for)] if used_for else []))
 
 
-def log_datasets(client, run_id: str, inputs: list) -> None:
-    """Log dataset inputs to a run; an input the run already has (a resumed run) is not logged twice."""
-    have = {(d.dataset.name, d.dataset.digest, tuple(sorted((t.key, t.value) for t in d.tags)))
-            for d in client.get_run(run_id).inputs.dataset_inputs}
-    new = [d for d in inputs
-           if (d.dataset.name, d.dataset.digest, tuple(sorted((t.key, t.value) for t in d.tags))) not in have]
-    if new:
-        client.log_inputs(run_id, datasets=new)
+def log_datasets(client, run_id: str, inputs: list, uri: str | None = None) -> None:
+    """Log dataset inputs to a run; an input the run already has (a resumed run, a retried write) is not logged
+    twice. The store keeps one row per data set and experiment, which every job of a grid logs: a job that loses
+    the race to insert it retries and finds it (:func:`store_write`)."""
+    def key(d) -> tuple:
+        return d.dataset.name, d.dataset.digest, tuple(sorted((t.key, t.value) for t in d.tags))
+
+    def write() -> None:
+        have = {key(d) for d in client.get_run(run_id).inputs.dataset_inputs}
+        new = [d for d in inputs if key(d) not in have]
+        if new:
+            client.log_inputs(run_id, datasets=new)
+
+    names = ", ".join(d.dataset.name for d in inputs)
+    store_write(f"logging the dataset input(s) {names} of run {run_id}", write, uri)
 
 
 class Tracker:
-    """One MLflow run. ``Tracker.start`` creates a run, ``Tracker.resume(run_id)`` continues one."""
+    """One MLflow run. ``Tracker.start`` creates a run, ``Tracker.resume(run_id)`` continues one. Every write goes
+    through :func:`store_write`; metrics that could not be written stay in the buffer (:meth:`spool` keeps them on
+    disk for the next attempt)."""
 
     def __init__(self, run_id: str, uri: str | None = None, flush_every: int = 200, flush_seconds: float = 10.0):
         self.uri = uri or tracking_uri()
@@ -200,23 +296,49 @@ class Tracker:
         self._buffer: list = []
         self._last_flush = time.monotonic()
         self._monitor = None
+        self._logged_upto: dict[str, int] = {}  # a resumed run: the last step the store has of each metric
+
+    def _write(self, what: str, fn):
+        return store_write(f"{what} (run {self.run_id})", fn, self.uri)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def start(cls, experiment: str, run_name: str | None = None, tags: dict | None = None,
               parent_run_id: str | None = None, uri: str | None = None, **kw) -> "Tracker":
+        uri = uri or tracking_uri()
         client = _client(uri)
         exp_id = get_experiment_id(experiment, uri)
         all_tags = {"git_commit": git_commit(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
+        run = store_write(f"creating run {run_name!r} in experiment {experiment!r}",
+                          lambda: client.create_run(exp_id, run_name=run_name,
+                                                    tags={k: str(v) for k, v in all_tags.items()}), uri)
         return cls(run.info.run_id, uri=uri, **kw)
 
     @classmethod
-    def resume(cls, run_id: str, uri: str | None = None, **kw) -> "Tracker":
+    def resume(cls, run_id: str, uri: str | None = None, spool: str | Path | None = None, **kw) -> "Tracker":
+        """Continue run ``run_id``: RUNNING again; metrics at steps the store already has are not logged again
+        (the steps between the last checkpoint and an interruption run twice); the metrics an earlier attempt
+        could not write (``spool``, see :meth:`spool`) are written first."""
         t = cls(run_id, uri=uri, **kw)
-        t.client.update_run(run_id, status="RUNNING")
+        t._write("marking the run RUNNING", lambda: t.client.update_run(run_id, status="RUNNING"))
+        run = t._write("reading the run", lambda: t.client.get_run(run_id))
+        for key in run.data.metrics:
+            if not key.startswith("system/"):  # MLflow's monitor continues its own steps
+                history = t._write(f"reading metric {key}", lambda k=key: t.client.get_metric_history(run_id, k))
+                t._logged_upto[key] = max(m.step for m in history)
+        if spool is not None and Path(spool).is_file():
+            from mlflow.entities import Metric
+
+            for line in Path(spool).read_text().splitlines():
+                if line.strip():
+                    m = json.loads(line)
+                    t._add(Metric(m["key"], m["value"], m["timestamp"], m["step"]))
+            for m in t._buffer:  # the steps the store has now: the re-run of those steps logs nothing twice
+                t._logged_upto[m.key] = max(m.step, t._logged_upto.get(m.key, -1))
+            t.flush()
+            Path(spool).unlink()
         return t
 
     def start_system_metrics(self, resume: bool = False) -> str:
@@ -257,32 +379,55 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         self.stop_system_metrics()
         self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+        self._write(f"ending the run {status}", lambda: self.client.set_terminated(self.run_id, status=status))
 
     def fail(self, reason: str) -> None:
         self.set_tags({"failure_reason": reason[:5000]})
         self.end("FAILED")
+
+    def spool(self, path: str | Path) -> int:
+        """Keep the metrics not yet written (the store failed) in ``path`` (JSON lines, appended) for
+        :meth:`resume`; returns how many."""
+        if not self._buffer:
+            return 0
+        with open(path, "a") as f:
+            for m in self._buffer:
+                f.write(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) + "\n")
+        n, self._buffer = len(self._buffer), []
+        return n
 
     # ------------------------------------------------------------------ logging
     def log_params(self, params: dict) -> None:
         """Logs params not yet on the run; a resumed run re-logging a *different* value is an error."""
         from mlflow.entities import Param
 
-        existing = self.client.get_run(self.run_id).data.params
-        new = []
-        for k, v in params.items():
-            v = str(v)[:6000]
-            if k in existing:
-                if existing[k] != v:
-                    raise ValueError(f"run {self.run_id}: param {k} is {existing[k]!r}, cannot change to {v!r}")
-                continue
-            new.append(Param(k, v))
+        def missing() -> list:  # looked up on every attempt: a retried batch is not logged twice
+            existing = self.client.get_run(self.run_id).data.params
+            new = []
+            for k, v in params.items():
+                v = str(v)[:6000]
+                if k in existing:
+                    if existing[k] != v:
+                        raise ValueError(f"run {self.run_id}: param {k} is {existing[k]!r}, cannot change to {v!r}")
+                    continue
+                new.append(Param(k, v))
+            return new
+
+        new = self._write("reading the params", missing)
         for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i:i + 100])
+            chunk = new[i:i + 100]
+            self._write(f"logging {len(chunk)} params", lambda: self.client.log_batch(self.run_id, params=chunk))
 
     def set_tags(self, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        if batch:
+            self._write(f"setting the tags {', '.join(tags)}", lambda: self.client.log_batch(self.run_id, tags=batch))
+
+    def _add(self, metric) -> None:
+        if metric.step > self._logged_upto.get(metric.key, -1):  # a resumed run has the earlier steps already
+            self._buffer.append(metric)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -291,18 +436,22 @@ class Tracker:
         for k, v in metrics.items():
             v = float(v)
             if math.isfinite(v):
-                self._buffer.append(Metric(k, v, ts, int(step or 0)))
+                self._add(Metric(k, v, ts, int(step or 0)))
         if len(self._buffer) >= self.flush_every or time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
+        """Write the buffered metrics; what the store did not take stays buffered (and raises)."""
         while self._buffer:
-            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            chunk = self._buffer[:1000]
+            self._write(f"logging {len(chunk)} metric values",
+                        lambda: self.client.log_batch(self.run_id, metrics=chunk))
+            self._buffer = self._buffer[len(chunk):]
         self._last_flush = time.monotonic()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._write(f"storing the artifact {Path(path).name}",
+                    lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_dict(self, data: dict, name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -318,7 +467,7 @@ class Tracker:
         return dict(self.client.get_run(self.run_id).data.tags)
 
     def log_datasets(self, inputs: list) -> None:
-        log_datasets(self.client, self.run_id, inputs)
+        log_datasets(self.client, self.run_id, inputs, self.uri)
 
 
 class NullTracker:
@@ -358,6 +507,9 @@ class NullTracker:
 
     def log_datasets(self, inputs: list) -> None:
         pass
+
+    def spool(self, path) -> int:
+        return 0
 
     def start_system_metrics(self, resume: bool = False) -> str:
         return "off (no MLflow run)"

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from bench.data import InMemoryImages, to_signed_unit
 from bench.distributed import SINGLE, DistContext
+from bench.tracking import TrackingError
 from models.ddgan import DDGANLoss
 
 __all__ = ["GANTrainConfig", "DiffusionTrainConfig", "TrainResult", "NonFiniteLoss", "Checkpointer",
@@ -445,22 +446,30 @@ def run_loop(cfg, *, modules: dict[str, nn.Module], optimizers: dict, schedulers
         elapsed += dt
         session_steps += 1
         session_time += dt
-        if log_now:
-            lr = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in optimizers.items()}
-            per_step = (elapsed - read_elapsed) / max(1, step - read_step)
-            tracker.log_metrics({**losses, **lr, "train_s_per_step": per_step, "epoch": step / stream.steps_per_epoch},
-                                step=step)
-            for k, v in losses.items():
-                history.setdefault(k, []).append((step, v))
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-        if read_now:
-            read_step, read_elapsed = step, elapsed
-        bar.update(1)
-        if ckpt_now:
-            save()
-            last_ckpt = step
-        if on_step is not None:
-            on_step(step, elapsed)
+        try:
+            if log_now:
+                lr = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in optimizers.items()}
+                per_step = (elapsed - read_elapsed) / max(1, step - read_step)
+                tracker.log_metrics({**losses, **lr, "train_s_per_step": per_step,
+                                     "epoch": step / stream.steps_per_epoch}, step=step)
+                for k, v in losses.items():
+                    history.setdefault(k, []).append((step, v))
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            if read_now:
+                read_step, read_elapsed = step, elapsed
+            bar.update(1)
+            if ckpt_now:  # the store has every value up to a checkpoint (or the job stops here, keeping both)
+                tracker.flush()
+                save()
+                last_ckpt = step
+            if on_step is not None:
+                on_step(step, elapsed)
+        except TrackingError:
+            # The store failed, training did not: keep this step when its losses were read (the NaN rule) and
+            # one process trains (with several ranks, the last checkpoint is what is kept).
+            if not dist.enabled and read_now and last_ckpt != step:
+                save()
+            raise
     bar.close()
     if window.sums:  # the steps since the last read: no checkpoint from non-finite losses
         window.read(dist, device)

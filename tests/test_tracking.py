@@ -132,3 +132,86 @@ def test_system_metrics_while_running_and_not_after(store, monkeypatch):
     assert len(client.get_metric_history(t.run_id, "system/cpu_utilization_percentage")) == len(cpu)  # stopped
     monkeypatch.setenv("WAVEBENCH_SYSTEM_METRICS", "0")
     assert Tracker.start("unit-sys").start_system_metrics().startswith("off")
+
+
+# ---- writes that lose a race, a store that fails ----------------------------------------------------------------
+
+def test_a_write_that_lost_a_race_is_retried_and_goes_on():
+    from bench.tracking import store_write
+
+    calls = []
+
+    def insert():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+        return "row"
+
+    assert store_write("logging a data set", insert, "sqlite:///x.db") == "row" and len(calls) == 3
+
+
+def test_a_refused_write_fails_at_once_naming_the_write_and_the_store():
+    from bench.tracking import TrackingError, store_write
+
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise RuntimeError("INVALID_PARAMETER_VALUE: bad value")
+
+    with pytest.raises(TrackingError, match=r"MLflow store sqlite:///x.db: logging 3 params failed after 1 attempt "
+                                            r"\(RuntimeError: INVALID_PARAMETER_VALUE"):
+        store_write("logging 3 params", refuse, "sqlite:///x.db")
+    assert len(calls) == 1
+
+
+def test_a_store_that_stays_locked_fails_after_bounded_retries(monkeypatch):
+    from bench import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def locked():
+        calls.append(1)
+        raise RuntimeError("(sqlite3.OperationalError) database is locked")
+
+    with pytest.raises(tracking.TrackingError, match=f"after {tracking.WRITE_TRIES} attempts"):
+        tracking.store_write("ending the run", locked, "sqlite:///x.db")
+    assert len(calls) == tracking.WRITE_TRIES
+
+
+def test_experiment_created_by_another_process_in_between_is_found(store):
+    """The lost race of get_experiment_id: the look-up said absent, the insert found it present."""
+    client = MlflowClient(store)
+    real_get = MlflowClient.get_experiment_by_name
+    state = {"first": True}
+
+    def stale_lookup(self, name):  # the first look-up runs before the other process commits
+        if state["first"]:
+            state["first"] = False
+            client.create_experiment(name)
+            return None
+        return real_get(self, name)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MlflowClient, "get_experiment_by_name", stale_lookup)
+        exp_id = get_experiment_id("raced")
+    assert exp_id == client.get_experiment_by_name("raced").experiment_id
+
+
+def test_a_resumed_run_writes_what_was_kept_and_never_a_step_twice(store, tmp_path):
+    t = Tracker.start("unit", run_name="r")
+    for step in (1, 2, 3):
+        t.log_metrics({"loss": float(step)}, step=step)
+    t.flush()
+    for step in (4, 5):  # the store failed before these were written: the job keeps them
+        t.log_metrics({"loss": float(step)}, step=step)
+    spool = tmp_path / "pending.jsonl"
+    assert t.spool(spool) == 2 and t.spool(spool) == 0
+    r = Tracker.resume(t.run_id, spool=spool)
+    assert not spool.exists()
+    for step in (3, 4, 5, 6):  # training resumed from a checkpoint at step 2 runs 3..5 again
+        r.log_metrics({"loss": 10.0 + step}, step=step)
+    r.end()
+    hist = sorted((m.step, m.value) for m in MlflowClient(store).get_metric_history(t.run_id, "loss"))
+    assert hist == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0), (6, 16.0)]
