@@ -2,6 +2,7 @@
 
     python -m bench.run --grid experiments/ablation.yaml [--executor local|slurm|auto] [--dry-run]
                         [--cluster slurm/profiles/<profile>.yaml] [--max-parallel N] [--force]
+    python -m bench.run --grid experiments/ablation.yaml --status     # what MLflow holds of each job
 
 Grid YAML::
 
@@ -16,6 +17,10 @@ Grid YAML::
 Every problem of the whole grid is reported at once (exit code 2) before anything is submitted or logged.
 A job whose hash already has a FINISHED run is skipped (``--force`` retrains); an interrupted job resumes from
 its checkpoint and continues its MLflow run. Exit code: 0 when every job finished, 100 + N when N jobs failed.
+
+The runner writes the experiment and the grid's parent run before any job starts (no two jobs race to create
+them), tags the parent with its host, pid and a heartbeat, and marks a parent that an earlier runner left RUNNING
+(killed, or its machine restarted) KILLED with the reason when the grid runs again or ``--status`` looks at it.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import copy
 import datetime as dt
 import itertools
 import json
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,9 +41,10 @@ from bench.config import ConfigError, RunConfig, unflatten
 from bench.submit import (CLUSTER_KEYS, EXECUTORS, LocalGpus, Submitter, device_problems,
                           find_experiment_file, gpu_census, load_cluster, read_yaml, reconcile, resolve_executor,
                           visible_gpus)
-from bench.tracking import Tracker, current_name, tracking_uri, ui_lines
+from bench.tracking import Tracker, TrackingError, current_name, tracking_uri, ui_lines
 
-__all__ = ["load_grid", "expand", "validate", "Grid", "main", "run_grid", "prepare_tracking"]
+__all__ = ["load_grid", "expand", "validate", "Grid", "main", "run_grid", "prepare_tracking", "orphaned_parents",
+           "grid_status"]
 
 GRID_KEYS = ("name", "experiment", "defaults", "axes", "jobs", "executor", "cluster")
 EXECUTOR_KEYS = ("name", "max_parallel", "timeout_min")
@@ -165,12 +173,108 @@ def chains(configs: list[RunConfig]) -> list[list[RunConfig]]:
     return list(groups.values())
 
 
+HEARTBEAT_S = 60.0       # how often a running runner says so on its parent run (tag runner_heartbeat)
+ORPHAN_AFTER_S = 900.0   # a parent run of another host whose heartbeat is older than this has lost its runner
+
+
+def _runner_identity() -> dict:
+    """Who runs this grid: host, pid and the process's start time (a pid is reused; the pair is not)."""
+    import psutil
+
+    return {"runner_host": socket.gethostname(), "runner_pid": str(os.getpid()),
+            "runner_process_start": f"{psutil.Process().create_time():.2f}", "runner_heartbeat": f"{time.time():.0f}"}
+
+
 def prepare_tracking(experiment: str, grid_name: str, run_name: str, executor: str, tags: dict | None = None
                      ) -> Tracker:
     """What the runner writes to the store before any job starts, so that no two jobs race to create it: the
-    store's schema (a new SQLite file), the experiment, and the grid's parent run. Returns the parent run."""
+    store's schema (a new SQLite file), the experiment, and the grid's parent run, tagged with the runner's
+    identity (:func:`orphaned_parents` reads it). Returns the parent run."""
     return Tracker.start(experiment, run_name=run_name,
-                         tags={"grid": grid_name, "executor": executor, "kind": "grid", **(tags or {})})
+                         tags={"grid": grid_name, "executor": executor, "kind": "grid", **_runner_identity(),
+                               **(tags or {})})
+
+
+def _runner_gone(tags: dict, now: float) -> str | None:
+    """Why the runner of a RUNNING parent run is gone (None while it may be alive): on this host, its process
+    no longer exists (or the pid is another process now); elsewhere, its heartbeat stopped."""
+    import psutil
+
+    host, pid = tags.get("runner_host"), tags.get("runner_pid")
+    if not host or not pid:
+        return None  # a parent from before runner identities: nothing to judge by
+    if host == socket.gethostname():
+        try:
+            started = psutil.Process(int(pid)).create_time()
+            if abs(started - float(tags.get("runner_process_start", started))) < 1.0:
+                return None
+        except (psutil.NoSuchProcess, ValueError):
+            pass
+        return f"its runner (pid {pid} on {host}) ended without closing it (killed, or its machine restarted)"
+    beat = float(tags.get("runner_heartbeat") or 0)
+    if now - beat > ORPHAN_AFTER_S:
+        return (f"its runner (pid {pid} on {host}) has not reported for {(now - beat) / 60:.0f} min "
+                f"(it reports every {HEARTBEAT_S:.0f} s)")
+    return None
+
+
+def orphaned_parents(experiment: str, grid_name: str, close: bool = True) -> list[tuple[str, str]]:
+    """The grid's parent runs still RUNNING whose runner is gone, as (run id, reason); with ``close`` each is
+    marked KILLED with the reason (tag failure_reason), as a job run whose process died is marked FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], f"tags.kind = 'grid' and tags.grid = '{grid_name}' and "
+                              "attributes.status = 'RUNNING'")
+    found = []
+    for run in runs:
+        why = _runner_gone(run.data.tags, time.time())
+        if why is None:
+            continue
+        found.append((run.info.run_id, why))
+        if close:
+            t = Tracker(run.info.run_id)
+            t.set_tags({"failure_reason": f"orphaned: {why}"})
+            t.end("KILLED")
+    return found
+
+
+def grid_status(grid: Grid, configs: list[RunConfig], out=None) -> int:
+    """``--status``: each job's latest MLflow run (status, step, FID) and the grid's parent runs; parents left
+    RUNNING by a runner that is gone are marked KILLED first. Returns the number of jobs without a FINISHED run."""
+    from mlflow.tracking import MlflowClient
+
+    from bench import registry
+
+    out = out or sys.stdout
+    for run_id, why in orphaned_parents(grid.experiment, grid.name):
+        print(f"[orphan] parent run {run_id} marked KILLED: {why}", file=out)
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(grid.experiment)
+    rows, missing = [], 0
+    for c in configs:
+        h = registry.job_hash(c)
+        runs = client.search_runs([exp.experiment_id], f"tags.job_hash = '{h}'", max_results=1,
+                                  order_by=["attributes.start_time DESC"]) if exp else []
+        r = runs[0] if runs else None
+        missing += r is None or r.info.status != "FINISHED"
+        rows.append({"variant": c.variant, "dataset": c.dataset, "seed": c.seed, "job_hash": h,
+                     "status": r.info.status if r else "NOT RUN", "run_id": r.info.run_id if r else None,
+                     "metrics": {k: v for k, v in (r.data.metrics if r else {}).items()},
+                     "reason": (r.data.tags.get("failure_reason", "") if r else "")})
+    print(f"grid {grid.name}: {len(configs)} jobs in experiment {grid.experiment!r}, {tracking_uri()}", file=out)
+    print(summary_table(rows), file=out)
+    parents = client.search_runs([exp.experiment_id], f"tags.kind = 'grid' and tags.grid = '{grid.name}'",
+                                 max_results=5, order_by=["attributes.start_time DESC"]) if exp else []
+    for p in parents:
+        started = dt.datetime.fromtimestamp(p.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        reason = p.data.tags.get("failure_reason", "")
+        print(f"parent run {p.info.run_id} (started {started}): {p.info.status}" + (f" ({reason})" if reason else ""),
+              file=out)
+    return missing
 
 
 def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_parallel: int, cluster: dict,
@@ -183,6 +287,8 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
     def say(msg: str) -> None:
         print(msg, file=out, flush=True)
 
+    for run_id, why in orphaned_parents(grid.experiment, grid.name):
+        say(f"[orphan] parent run {run_id} of an earlier attempt marked KILLED: {why}")
     started_ms = int(time.time() * 1000)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = runs_root() / "submitit" / f"{grid.name}-{stamp}"
@@ -219,6 +325,7 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
             say(f"[pending] {names[i]}  (SLURM job {j.job_id})")
             states[i] = "pending"
     queue = list(range(len(tasks)))
+    beat = time.monotonic()
     running: dict[int, Any] = {}
     finished: dict[int, Any] = {}
     while len(finished) < len(tasks):
@@ -249,6 +356,12 @@ def run_grid(grid: Grid, configs: list[RunConfig], *, executor: str, max_paralle
                 sub.collect(j, todo[i], names[i], results, say)
         if len(finished) < len(tasks):
             time.sleep(poll_s)
+        if time.monotonic() - beat >= HEARTBEAT_S:  # a runner on another host judges this grid alive by it
+            beat = time.monotonic()
+            try:
+                parent.set_tags({"runner_heartbeat": f"{time.time():.0f}"})
+            except TrackingError as e:  # the jobs go on; their runs are theirs
+                say(f"[warning] {e}")
 
     ordered = []
     for c in configs:
@@ -335,12 +448,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the expanded jobs and exit")
     ap.add_argument("--force", action="store_true", help="retrain jobs that already have a FINISHED run")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--status", action="store_true", help="print each job's MLflow status and the grid's parent runs "
+                    "(marking parents whose runner is gone KILLED), submit nothing; exit 0 when every job FINISHED")
     args = ap.parse_args(argv)
     try:
         grid = load_grid(args.grid)
         configs = validate(grid)
         cluster = load_cluster(args.cluster if args.cluster else grid.cluster or None)
         executor = args.executor or grid.executor.get("name", "auto")
+        if args.status:
+            return 1 if grid_status(grid, configs) else 0
         if args.dry_run:
             print(f"grid {grid.name} ({grid.path}): {len(configs)} jobs, experiment {grid.experiment}")
             print(dry_run_table(configs))

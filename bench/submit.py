@@ -27,7 +27,7 @@ import submitit
 import yaml
 
 from bench.config import ConfigError, RunConfig, to_dict
-from bench.tracking import REPO_ROOT, tracking_uri
+from bench.tracking import REPO_ROOT, store_write, tracking_uri
 
 __all__ = ["EXECUTORS", "CLUSTER_KEYS", "find_experiment_file", "read_yaml", "load_cluster", "resolve_executor",
            "cluster_parameters", "make_executor", "set_processes", "job_environment", "visible_gpus", "gpu_census",
@@ -563,5 +563,7 @@ def reconcile(experiment: str, results: list[dict], say, since_ms: int) -> None:
             r.update(status="FAILED", reason=reason)
         if r["status"] == "FAILED" and status != "FAILED":
             reason = r.get("reason") or "its process ended without closing the run"
-            client.set_tag(run.info.run_id, "failure_reason", f"the job's process ended: {reason}"[:5000])
-            client.set_terminated(run.info.run_id, status="FAILED")
+            run_id = run.info.run_id
+            store_write(f"marking run {run_id} FAILED", lambda: (
+                client.set_tag(run_id, "failure_reason", f"the job's process ended: {reason}"[:5000]),
+                client.set_terminated(run_id, status="FAILED")))

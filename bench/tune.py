@@ -43,7 +43,7 @@ from bench.config import ConfigError, to_dict, unflatten
 from bench.schema import OBJECTIVE_METRICS, RENAMED_METRICS
 from bench.submit import (CANCEL_GRACE_S, EXECUTORS, Submitter, indent, load_cluster, log_tail, resolve_executor,
                           stop_orphan, task_result)
-from bench.tracking import Tracker, tracking_uri, ui_lines
+from bench.tracking import Tracker, store_write, tracking_uri, ui_lines
 from bench.tune_report import best_trial, count_states, finished_trials, log_summary, summary_table, write_artifacts
 from bench.tune_study import (INTERMEDIATE_METRIC, TUNABLE_VARIANTS, ZERO_ATTR, ExecutorSpec, LambdaSpace, Objective,
                               PrunerSpec, SamplerSpec, TuneConfig, load_config, open_study, resolve_trial_job,
@@ -101,7 +101,7 @@ class _TrialRuns:
                 r.run_id = runs[0].info.run_id
                 r.trial.set_user_attr("run_id", r.run_id)
                 if runs[0].data.tags.get("mlflow.parentRunId") != self.parent_run_id:  # a resumed run
-                    self.client.set_tag(r.run_id, "mlflow.parentRunId", self.parent_run_id)
+                    self._tag(r.run_id, {"mlflow.parentRunId": self.parent_run_id})
         return r.run_id
 
     def report_new(self, r: _InFlight) -> bool:
@@ -121,15 +121,22 @@ class _TrialRuns:
         if r.run_id is None or r.trial.user_attrs.get("reused_run"):
             return
         run = self.client.get_run(r.run_id)
-        for k, v in tags.items():
-            if k not in run.data.tags:  # keep the job's own failure_reason
-                self.client.set_tag(r.run_id, k, str(v))
+        self._tag(r.run_id, {k: v for k, v in tags.items() if k not in run.data.tags})  # keep the job's failure_reason
         if run.info.status in ("RUNNING", "SCHEDULED"):
-            self.client.set_terminated(r.run_id, status=status)
+            store_write(f"ending trial {r.trial.number}'s run {r.run_id} {status}",
+                        lambda: self.client.set_terminated(r.run_id, status=status))
 
     def tag_state(self, r: _InFlight, state: str) -> None:
         if r.run_id is not None and not r.trial.user_attrs.get("reused_run"):
-            self.client.set_tag(r.run_id, "trial_state", state)
+            self._tag(r.run_id, {"trial_state": state})
+
+    def _tag(self, run_id: str, tags: dict) -> None:
+        """Tags on a trial's run, while its job may be writing to the same store (a busy store is retried)."""
+        from mlflow.entities import RunTag
+
+        if tags:
+            batch = [RunTag(k, str(v)) for k, v in tags.items()]
+            store_write(f"tagging run {run_id} ({', '.join(tags)})", lambda: self.client.log_batch(run_id, tags=batch))
 
 
 class _Driver:

@@ -57,22 +57,22 @@ def test_every_config_hashes_the_same_after_its_json_round_trip():
 
 def test_local_jobs_get_their_own_gpus_and_report_the_status_mlflow_has(store, tmp_path, capsys, monkeypatch):
     """One grid at paper scale (ints in float fields: the hash must survive the trip to the job), two GPUs named
-    by CUDA_VISIBLE_DEVICES (this machine has none behind them, so the jobs still train on the CPU and the runner
-    warns that `auto` fell back although GPUs were shown): the two auto jobs running at once get one GPU each,
-    the cpu job sees none; the runner's results are MLflow's."""
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    by CUDA_VISIBLE_DEVICES (no machine has devices 97 and 99 behind them, a GPU machine included, so the jobs
+    still train on the CPU and the runner warns that `auto` fell back although GPUs were shown): the two auto jobs
+    running at once get one GPU each, the cpu job sees none; the runner's results are MLflow's."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "97,99")
     job = {k: v for k, v in micro("wavediff", scale="paper", device="auto").items() if k != "variant"}
     p = _grid(tmp_path, ["wavediff"], name="gpus", job=job, axes={"seed": [0]},
               jobs=[{"variant": "wavediff"}, {"variant": "wavediff-no-rec"}, {"variant": "ddgan", "device": "cpu"}],
               executor={"name": "local", "max_parallel": 2, "timeout_min": 10})
     assert run.main(["--grid", str(p), "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
-    assert "this machine shows 2 GPU(s): CUDA_VISIBLE_DEVICES='3,5'" in out and "no result" not in out
+    assert "this machine shows 2 GPU(s): CUDA_VISIBLE_DEVICES='97,99'" in out and "no result" not in out
     kids = {k.data.tags["variant"]: k for k in _children(store, "gpus")}
     seen = {v: k.data.tags["cuda_visible_devices"] for v, k in kids.items()}
-    assert sorted([seen["wavediff"], seen["wavediff-no-rec"]]) == ["3", "5"]  # one each, never shared
+    assert sorted([seen["wavediff"], seen["wavediff-no-rec"]]) == ["97", "99"]  # one each, never shared
     assert seen["ddgan"] == ""  # a cpu job sees no GPU
-    assert "[running] wavediff/digits/s0 on GPU 3" in out and "[running] ddgan/digits/s0\n" in out
+    assert "[running] wavediff/digits/s0 on GPU 97" in out and "[running] ddgan/digits/s0\n" in out
     assert out.count("ran on the CPU (device auto) although this machine shows 2 GPU(s)") == 2
     for r in yaml.safe_load((tmp_path / "r.json").read_text()):
         kid = kids[r["variant"]]
@@ -103,7 +103,7 @@ def test_the_gpu_pool_shares_out_waits_and_explains(tmp_path):
 
 
 def test_device_cuda_without_a_gpu_fails_before_anything_runs(store, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for this process, on a GPU machine too
     job = {k: v for k, v in micro("wavediff", device="cuda").items() if k != "variant"}
     p = _grid(tmp_path, ["wavediff"], name="nocuda", job=job)
     assert run.main(["--grid", str(p)]) == 2

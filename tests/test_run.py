@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -115,3 +116,69 @@ def test_a_grid_that_could_not_evaluate_fails_before_anything_runs(store, tmp_pa
                       ("vgg16-397923af.pth", "eval.metrics.vgg16_weights")):
         assert file in err and f"set {key} to its path" in err
     assert MlflowClient(store).get_experiment_by_name("grid-test") is None  # nothing ran, nothing logged
+
+
+# ---- a runner that dies leaves no parent run RUNNING -------------------------------------------------------------
+
+def _parent_runs(client, experiment="grid-test"):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'grid'") if exp else []
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def test_a_killed_runners_parent_run_is_marked_killed_by_the_rerun_and_status(store, tmp_path, capsys):
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    p = _grid(tmp_path, axes={"variant": ["wavediff"]}, defaults={**{k: v for k, v in micro("wavediff").items()
+                                                                  if k != "variant"}, "train.max_steps": 3})
+    runner = subprocess.Popen([sys.executable, "-m", "bench.run", "--grid", str(p)], cwd=Path(run.__file__).resolve().parents[1],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(store)
+    deadline = time.monotonic() + 180
+    while not _parent_runs(client) and runner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _parent_runs(client), "the runner made no parent run"
+    family = psutil.Process(runner.pid).children(recursive=True)
+    os.kill(runner.pid, signal.SIGKILL)  # kill -9 mid-grid (its job processes die with the machine, too)
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    runner.wait()
+    (killed,) = _parent_runs(client)
+    assert killed.info.status == "RUNNING" and killed.data.tags["runner_pid"] == str(runner.pid)
+
+    assert run.main(["--grid", str(p)]) == 0  # the re-run closes the orphan, then runs the job
+    out = capsys.readouterr().out
+    assert f"[orphan] parent run {killed.info.run_id} of an earlier attempt marked KILLED: its runner (pid " \
+           f"{runner.pid} on " in out
+    old, new = _parent_runs(client)
+    assert old.info.status == "KILLED" and old.data.tags["failure_reason"].startswith("orphaned: its runner (pid")
+    assert new.info.status == "FINISHED"
+
+    assert run.main(["--grid", str(p), "--status"]) == 0  # every job FINISHED
+    out = capsys.readouterr().out
+    assert "wavediff" in out and "FINISHED" in out and f"parent run {old.info.run_id}" in out and "KILLED" in out
+
+
+def test_status_judges_a_runner_on_another_host_by_its_heartbeat(store, tmp_path, capsys):
+    import time
+
+    p = _grid(tmp_path)
+    live = run.prepare_tracking("grid-test", "g", "grid-live", "local")  # this process: alive
+    quiet = run.prepare_tracking("grid-test", "g", "grid-quiet", "slurm")
+    quiet.set_tags({"runner_host": "login-node-2", "runner_heartbeat": f"{time.time() - 3600:.0f}"})
+    recent = run.prepare_tracking("grid-test", "g", "grid-recent", "slurm")
+    recent.set_tags({"runner_host": "login-node-2", "runner_heartbeat": f"{time.time() - 30:.0f}"})
+    assert run.main(["--grid", str(p), "--status"]) == 1  # no job has run
+    out = capsys.readouterr().out
+    assert "NOT RUN" in out
+    assert f"[orphan] parent run {quiet.run_id} marked KILLED: its runner (pid" in out and "has not reported for 60 min" in out
+    client = MlflowClient(store)
+    status = {r.info.run_id: r.info.status for r in _parent_runs(client)}
+    assert status == {live.run_id: "RUNNING", quiet.run_id: "KILLED", recent.run_id: "RUNNING"}
