@@ -14,11 +14,11 @@
 #   --workers N         server worker processes (default 2)
 #   -- ARGS...          passed on to `mlflow server`
 # Environment: WAVEBENCH_PYTHON (default <repo>/.venv/bin/python, else `mlflow` on PATH),
-#              WAVEBENCH_MLFLOW_TIMEOUT (seconds to wait for /health, default 90).
+#              WAVEBENCH_MLFLOW_TIMEOUT (seconds to wait for /health, default 180).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TIMEOUT="${WAVEBENCH_MLFLOW_TIMEOUT:-90}"
+TIMEOUT="${WAVEBENCH_MLFLOW_TIMEOUT:-180}"
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2; }
 log() { echo "[mlflow-server] $*" >&2; }

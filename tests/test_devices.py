@@ -17,7 +17,7 @@ from bench import registry, run, submit
 from bench.config import to_dict
 from bench.evaluate import resolve_device
 from bench.tracking import Tracker
-from conftest import micro
+from conftest import micro, wait_s
 
 
 def _grid(tmp_path, variants, name="dev", job=None, **top):
@@ -160,7 +160,7 @@ def test_a_killed_job_leaves_no_running_run(store, tmp_path, capsys):
                                                                       cluster={}, poll_s=0.5)))
     th.start()
     client = MlflowClient(store)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + wait_s(60)
     killed = False
     while time.monotonic() < deadline and not killed:
         kids = _children(store, "killed") if client.get_experiment_by_name("killed") else []
@@ -169,7 +169,7 @@ def test_a_killed_job_leaves_no_running_run(store, tmp_path, capsys):
                 os.kill(pid, signal.SIGKILL)
                 killed = True
         time.sleep(0.3)
-    th.join(timeout=120)
+    th.join(timeout=wait_s(40))
     assert killed and not th.is_alive()
     results, _ = out["res"]
     (kid,) = _children(store, "killed")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench import gpu_check, run
-from conftest import micro
+from conftest import micro, wait_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_without_cuda_it_fails_at_once_with_one_line():
     if cuda_here():
         pytest.skip(cuda_here())
     p = subprocess.run([sys.executable, "-m", "bench.gpu_check"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=wait_s(120))
     assert p.returncode == 1
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA GPU here: ")

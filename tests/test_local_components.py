@@ -19,7 +19,7 @@ import pytest
 import submitit
 import yaml
 
-from conftest import free_port
+from conftest import free_port, wait_s
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PROFILE = ROOT / "slurm" / "profiles" / "local.yaml"
@@ -119,7 +119,7 @@ def test_map_array_runs_as_one_job_array(slurm_cluster, tmp_path):
     executor.update_parameters(**profile_parameters(LOCAL_PROFILE))
     jobs = executor.map_array(_square_on_node, [3, 4])
     try:
-        results = [_wait_result(job, timeout_s=60) for job in jobs]
+        results = [_wait_result(job, timeout_s=wait_s(60)) for job in jobs]
     finally:
         for job in jobs:
             job.cancel(check=False)
@@ -151,14 +151,14 @@ def test_interrupted_checkpointable_job_checkpoints_requeues_and_finishes(slurm_
     job = executor.submit(SleepThenFinish(), str(marks))
     urgent_out = tmp_path / "urgent.out"
     try:
-        _wait_for(lambda: (marks / "started_0").exists(), 60, "the first attempt to start")
+        _wait_for(lambda: (marks / "started_0").exists(), wait_s(60), "the first attempt to start")
         if interruption == "usr2":
             subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=15)
         else:
             command = ["sbatch", "--partition=urgent", "--cpus-per-task=1", f"--output={urgent_out}", "--wrap=echo ran"]
             subprocess.run(command, check=True, timeout=15, capture_output=True)
-        _wait_for(lambda: (marks / "checkpointed_0").exists(), 20, "checkpoint() to be called")
-        attempt, restarts = _wait_result(job, timeout_s=45)
+        _wait_for(lambda: (marks / "checkpointed_0").exists(), wait_s(20), "checkpoint() to be called")
+        attempt, restarts = _wait_result(job, timeout_s=wait_s(45))
     finally:
         job.cancel(check=False)
     assert (attempt, restarts) == (1, "1")

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from bench import run
 from bench.config import ConfigError
 from bench.tracking import runs_table_url
-from conftest import EVAL_MICRO, GAN_MICRO, micro, online
+from conftest import EVAL_MICRO, GAN_MICRO, micro, online, wait_s
 
 import pytest
 
@@ -138,7 +138,7 @@ def test_a_killed_runners_parent_run_is_marked_killed_by_the_rerun_and_status(st
     runner = subprocess.Popen([sys.executable, "-m", "bench.run", "--grid", str(p)], cwd=Path(run.__file__).resolve().parents[1],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(store)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + wait_s(60)
     while not _parent_runs(client) and runner.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _parent_runs(client), "the runner made no parent run"

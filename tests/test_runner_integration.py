@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import run, submit
-from conftest import free_port, micro
+from conftest import free_port, micro, wait_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def _preempt_once(store, grid_path, experiment: str, loss: str, after_steps: int
         poll_s=0.5)))
     th.start()
     client = MlflowClient(store)
-    deadline = time.monotonic() + 240  # two ranks each import torch and MLflow on a busy 2-core machine
+    deadline = time.monotonic() + wait_s(80)  # two ranks each import torch and MLflow
     run_id = None
     while time.monotonic() < deadline:  # wait until training is under way (a few steps logged)
         kids = _children(store, experiment) if client.get_experiment_by_name(experiment) else []
@@ -61,10 +61,10 @@ def _preempt_once(store, grid_path, experiment: str, loss: str, after_steps: int
         time.sleep(0.5)
     if not run_id:
         queue = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, timeout=15).stdout
-        pytest.fail(f"training did not start on the cluster within 240 s (squeue: {queue.strip()!r})")
+        pytest.fail(f"training did not start on the cluster within {wait_s(80):.0f} s (squeue: {queue.strip()!r})")
     job_id = client.get_run(run_id).data.tags["slurm_job_id"].split("_")[0]
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    th.join(timeout=300)
+    th.join(timeout=wait_s(100))
     assert not th.is_alive()
     results, _ = out["res"]
     assert [r["status"] for r in results] == ["FINISHED"], results

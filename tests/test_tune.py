@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import tune, tune_study
-from conftest import micro
+from conftest import micro, wait_s
 
 # Micro jobs: 2 training steps, FID every step on 8 samples, a 2-step posterior chain, one timing repeat.
 TUNE_MICRO = {"train.max_steps": 2, "train.batch_size": 8, "eval.every_steps": 1, "eval.every_num_samples": 8,
@@ -183,7 +183,7 @@ def test_a_dying_job_fails_its_trial_and_the_study_goes_on(store, tmp_path):
     th = threading.Thread(target=lambda: rc.update(rc=tune.main(["--config", str(p)])))
     th.start()
     killed: set[int] = set()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + wait_s(120)
     while th.is_alive() and time.monotonic() < deadline:
         if any(k.info.status == "RUNNING" for k in _runs(store, "trial")):
             for pkl in (tmp_path / "runs" / "submitit").glob("tune-die-*/*_submitted.pkl"):
@@ -193,7 +193,7 @@ def test_a_dying_job_fails_its_trial_and_the_study_goes_on(store, tmp_path):
                         os.kill(pid, signal.SIGKILL)
                         killed.add(pid)
         time.sleep(0.2)
-    th.join(timeout=60)
+    th.join(timeout=wait_s(60))
     assert not th.is_alive() and rc["rc"] == 1
     trials = _study(tmp_path, "die").trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"] and len(killed) == 2
