@@ -414,7 +414,7 @@ def summary_table(results: list[dict]) -> str:
         m = {current_name(k): v for k, v in (r.get("metrics") or {}).items()}  # runs logged before the renames
 
         def f(k, fmt):
-            return format(m[k], fmt) if k in m else "-"
+            return format(m[k], fmt) if k in m else format("-", ">" + fmt.split(".")[0])  # aligned either way
 
         lines.append(f"{r['variant']:26s} {r['dataset']:8s} {r['seed']:>4d} {r['status']:9s} "
                      f"{r.get('device') or '-':6s} {f('fid', '8.3f')} "
