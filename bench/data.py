@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from bench.schema import paper_preset
+
 __all__ = [
     "DataConfig", "DATASETS", "DataError", "load_dataset", "dataset_channels", "reference_uint8", "to_signed_unit",
-    "dataset_fingerprint", "check_data_config", "resolve_root", "DATA_ENV",
+    "dataset_fingerprint", "check_data_config", "resolve_root", "DATA_ENV", "DATASET_PRESETS",
 ]
 
 
@@ -80,6 +82,19 @@ class DataConfig:
     resolution: int = 32        # images are resized (image-folder: centre-cropped, then resized) to this
     hflip: bool = False         # random horizontal flip during training
     download: bool = False      # cifar10 only: let torchvision download when the folder is missing
+
+
+# Data set presets: the data config, and which paper configuration applies (bench.schema.paper_preset: `digits`,
+# 1x32x32 and embedded, runs every CIFAR-10 configuration unchanged; only the channel count differs).
+DATASET_PRESETS: dict[str, tuple[DataConfig, str]] = {name: (data, paper_preset(name)) for name, data in {
+    "digits": DataConfig(name="digits", resolution=32),
+    "cifar10": DataConfig(name="cifar10", resolution=32, hflip=True),
+    "stl10": DataConfig(name="image-folder", resolution=64, hflip=True),
+    "celebahq256": DataConfig(name="image-folder", resolution=256, hflip=True),
+    "celebahq512": DataConfig(name="image-folder", resolution=512, hflip=True),
+    "celebahq1024": DataConfig(name="image-folder", resolution=1024, hflip=True),
+    "lsun_church": DataConfig(name="image-folder", resolution=256, hflip=True),
+}.items()}
 
 
 class InMemoryImages(Dataset):

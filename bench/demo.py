@@ -3,7 +3,7 @@
 The training budget is equal training FLOPs, which neither the machine's speed nor its load can shrink: the
 variant with the cheapest optimisation step trains the grid's ``train.max_steps`` of its own job, every other
 variant as many steps as cost the same FLOPs. Before anything trains, the demo counts each variant's FLOPs per
-step (:func:`train_flops_per_step`), prints every job's training FLOPs and, when the grid's step counts do not
+step (:func:`bench.evaluate.train_flops_per_step`), prints every job's training FLOPs and, when the grid's step counts do not
 give equal budgets, says so and names the step counts that would (a test keeps experiments/demo.yaml equal).
 
 The table is ``reports.table``'s per-data-set table (digits -> the cifar10 table) restricted to the demo's runs,
@@ -22,68 +22,15 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bench.config import ConfigError, RunConfig
+from bench.evaluate import train_flops_per_step
 from bench.run import load_grid, run_grid, validate
 from bench.submit import resolve_executor
 from bench.tracking import REPO_ROOT, tracking_uri, ui_lines
 
 OUT = REPO_ROOT / "reports" / "out"
-FLOPS_BATCH = 4  # images per step while counting FLOPs (they are linear in the batch size; scaled up after)
-
-
-def _flop_counter():
-    """torch's ``FlopCounterMode`` without its per-module attribution, whose autograd hooks make
-    ``torch.autograd.grad`` on a leaf fail (the GAN's R1 penalty); every count goes to its "Global" total."""
-    from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
-
-    from bench.evaluate import _CUSTOM_FLOPS
-
-    class GlobalFlopCounter(FlopCounterMode):
-        def __enter__(self):
-            self.flop_counts.clear()
-            self.mode = _FlopCounterMode(self)
-            self.mode.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            done, self.mode = self.mode.__exit__(*exc), None
-            return done
-
-    return GlobalFlopCounter(display=False, custom_mapping=_CUSTOM_FLOPS)
-
-
-def train_flops_per_step(cfg: RunConfig, batch: int = FLOPS_BATCH, full_cycle: bool = False) -> float:
-    """FLOPs of one optimisation step of ``cfg`` at its ``train.batch_size``, as the training loop runs it: every
-    forward and backward pass of every network (the GAN's R1 double backward included), counted by torch's flop
-    counter (2 x multiply-adds of convolutions and matrix products, as :func:`bench.evaluate.count_flops`),
-    averaged over one cycle of the step schedule: GANs repeat every ``lazy_reg`` steps, whose first step adds the
-    R1 penalty, so (first step + (lazy_reg - 1) x second step) / lazy_reg (``full_cycle`` counts every step of the
-    cycle instead; the tests check both agree). Counted on ``batch`` images per step and scaled to the batch size:
-    every counted operation is linear in it."""
-    from bench.job import setup_training
-    from bench import registry
-    from bench.tracking import NullTracker
-
-    t = cfg.train
-    cycle = max(1, int(getattr(t, "lazy_reg", 1) or 1))
-    steps = cycle if full_cycle else min(cycle, 2)
-    small = replace(cfg, device="cpu", processes=1,
-                    train=replace(t, batch_size=batch, max_steps=steps, max_epochs=None, max_minutes=None,
-                                  checkpoint_every=10 ** 9, log_every=10 ** 9, compile=False))
-    system, stream, device = setup_training(small)
-    totals: list[int] = []
-    with tempfile.TemporaryDirectory() as workdir, _flop_counter() as counter:
-        registry.family(cfg).trainer(small, system, stream, NullTracker(), workdir, device, progress=False,
-                                               on_step=lambda step, secs: totals.append(counter.get_total_flops()))
-    per_step = [b - a for a, b in zip([0] + totals[:-1], totals)]
-    if full_cycle or cycle == 1:
-        mean = sum(per_step) / len(per_step)
-    else:
-        mean = (per_step[0] + (cycle - 1) * per_step[1]) / cycle
-    return mean * t.batch_size / batch
 
 
 def flops_budget(configs: list[RunConfig]) -> tuple[list[dict], list[str]]:

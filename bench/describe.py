@@ -19,37 +19,38 @@ from bench import registry
 from bench.config import ConfigError, to_dict
 from bench.tracking import REPO_ROOT
 
-__all__ = ["describe", "published_rows", "where", "show", "main"]
+__all__ = ["describe", "parts", "published_rows", "where", "show", "main"]
 
 PUBLISHED = REPO_ROOT / "reports" / "published.yaml"
 
 
-def _network_flops(system) -> int:
-    """FLOPs (2 x multiply-adds) of one call of the sampling network at batch 1, on the meta device."""
+def _build(name: str, dataset: str, scale: str):
+    """(config, system) of a variant on the meta device: shapes only, counting needs no memory and no arithmetic."""
     import torch
 
-    from bench.evaluate import count_flops
-
-    args = (torch.zeros(system.state_shape(1)), torch.zeros(1, dtype=torch.long))
-    if hasattr(system, "nz"):  # the GAN generator also takes its latent
-        args = args + (torch.zeros(1, system.nz),)
-    return count_flops(system.sampling_network, *args)
+    cfg = registry.resolve({"variant": name, "dataset": dataset, "scale": scale}, check_paths=False)
+    with torch.device("meta"):
+        return cfg, registry.build(cfg)
 
 
 def describe(name: str, dataset: str = "cifar10", scale: str = "paper") -> dict:
     """Facts of one variant on one data set preset, measured on the built networks."""
-    import torch
+    from bench.evaluate import count_flops, count_params
 
-    from bench.evaluate import count_params
-
-    cfg = registry.resolve({"variant": name, "dataset": dataset, "scale": scale}, check_paths=False)
-    with torch.device("meta"):  # shapes only: counting needs no memory and no arithmetic
-        system = registry.build(cfg)
-        flops = _network_flops(system)
+    cfg, system = _build(name, dataset, scale)
+    flops = count_flops(system.sampling_network, *system.network_inputs(1, "meta"))
     v = registry.VARIANTS[name]
     return {"name": name, "paper": v.paper, "dataset": dataset, "params": count_params(system.sampling_network),
             "params_by_network": {k: count_params(m) for k, m in system.networks.items()},
             "gflops_per_call": flops / 1e9, "nfe": system.nfe, "published_row": v.published_row}
+
+
+def parts(name: str, dataset: str = "cifar10", scale: str = "paper") -> dict[str, object]:
+    """What defines and builds a variant, by role: its family, its configuration factory, then the classes and
+    functions of the system it builds (read from the built objects) and its training loop."""
+    v = registry.VARIANTS[name]
+    _, system = _build(name, dataset, scale)
+    return {"family": type(v.family), "configure": v.configure, **v.family.parts(system)}
 
 
 def where(obj) -> str:
@@ -73,7 +74,6 @@ def show(name: str, dataset: str = "cifar10", scale: str = "paper") -> str:
     v = registry.VARIANTS[name]
     cfg = registry.resolve({"variant": name, "dataset": dataset, "scale": scale}, check_paths=False)
     facts = describe(name, dataset, scale)
-    parts = {"family": type(v.family), "configure": v.configure, **v.family.parts(cfg)}
     lines = [f"{name}: {v.summary}", f"paper: {v.paper}"]
     if v.trains_as:
         lines.append(f"evaluation only: trains as {v.trains_as} (shares its checkpoint)")
@@ -83,7 +83,7 @@ def show(name: str, dataset: str = "cifar10", scale: str = "paper") -> str:
                                                       if row.get(k) is not None) or "no published value")
         for t, row in rows) if rows else "none (no published row reproduces it)"))
     lines += ["", f"builds and trains with (family {v.family.name}):"]
-    lines += [f"  {role:14s} {where(obj)}" for role, obj in parts.items() if obj is not None]
+    lines += [f"  {role:14s} {where(obj)}" for role, obj in parts(name, dataset, scale).items() if obj is not None]
     nets = ", ".join(f"{k} {n / 1e6:.2f}M" for k, n in facts["params_by_network"].items())
     lines += ["", f"parameters: {nets}; sampling network: {facts['gflops_per_call']:.3f} GFLOPs per call at batch 1 "
                   f"(2 x multiply-adds), NFE {facts['nfe']}",

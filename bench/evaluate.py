@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = [
-    "count_flops", "count_params", "NFECounter", "TimingConfig", "time_sampler", "device_description",
+    "FlopCounter", "count_flops", "train_flops_per_step", "count_params", "NFECounter", "TimingConfig", "time_sampler", "device_description",
     "resolve_device", "synchronize", "no_cuda_reason",
 ]
 
@@ -33,11 +33,80 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _CUSTOM_FLOPS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
 
 
+class FlopCounter(FlopCounterMode):
+    """The suite's one FLOP counter: torch's ``FlopCounterMode`` with the CPU attention kernel counted, and without
+    its per-module attribution, whose autograd hooks make ``torch.autograd.grad`` on a leaf fail (a GAN's R1
+    penalty): every count goes to the global total, ``get_total_flops()``, readable while it counts."""
+
+    def __init__(self):
+        super().__init__(display=False, custom_mapping=_CUSTOM_FLOPS)
+
+    def __enter__(self):
+        from torch.utils.flop_counter import _FlopCounterMode
+
+        self.flop_counts.clear()
+        self.mode = _FlopCounterMode(self)
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        done, self.mode = self.mode.__exit__(*exc), None
+        return done
+
+
 def count_flops(fn: Callable, *args, **kwargs) -> int:
     """FLOPs (2 x MACs) of one call ``fn(*args, **kwargs)``, counted under ``torch.no_grad``."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+    with torch.no_grad(), FlopCounter() as counter:
         fn(*args, **kwargs)
     return int(counter.get_total_flops())
+
+
+def train_flops_per_step(cfg, batch: int = 4, cycle: str = "mean") -> float:
+    """FLOPs of one optimisation step of ``cfg`` at its ``train.batch_size``, as its family's training step runs
+    it: every forward and backward pass of every network (a GAN's R1 double backward included), on random images
+    of the data set's shape, on the CPU, in fp32. ``cycle``: ``mean`` averages one cycle of the step schedule
+    (:meth:`bench.families.Family.step_cycle`: a GAN's first step in ``lazy_reg`` adds R1, so (first + (lazy_reg
+    - 1) x second) / lazy_reg); ``full`` counts every step of the cycle (the tests check both agree); ``plain`` is
+    a step without R1. Counted on ``batch`` images per step and scaled to the batch size: every counted operation
+    is linear in it. The demo's equal-FLOPs budgets and bench.perf's TFLOP/s both come from here."""
+    import tempfile
+    from dataclasses import replace
+
+    from bench import registry
+    from bench.data import InMemoryImages, dataset_channels
+    from bench.tracking import NullTracker
+    from bench.train import BatchStream
+
+    if cycle not in ("mean", "full", "plain"):
+        raise ValueError(f"cycle={cycle!r}; valid: mean, full, plain")
+    family = registry.family(cfg)
+    t = cfg.train
+    n = max(1, family.step_cycle(cfg))
+    steps = 2 if cycle == "plain" else (n if cycle == "full" else min(n, 2))
+    small = replace(cfg, device="cpu", processes=1,
+                    train=replace(t, batch_size=batch, max_steps=steps, max_epochs=None, max_minutes=None,
+                                  checkpoint_every=10 ** 9, log_every=10 ** 9, compile=False, precision="fp32"))
+    if cycle == "plain":
+        small = family.without_step_extras(small)
+    torch.manual_seed(cfg.seed)
+    system = registry.build(small)
+    side = cfg.data.resolution
+    g = torch.Generator().manual_seed(cfg.seed)
+    images = torch.randint(0, 256, (batch * steps, dataset_channels(cfg.data), side, side), generator=g,
+                           dtype=torch.uint8)
+    stream = BatchStream(InMemoryImages(images, torch.zeros(len(images), dtype=torch.long)), batch, cfg.seed)
+    totals: list[int] = []
+    with tempfile.TemporaryDirectory() as workdir, FlopCounter() as counter:
+        family.trainer(small, system, stream, NullTracker(), workdir, torch.device("cpu"), progress=False,
+                       on_step=lambda step, secs: totals.append(counter.get_total_flops()))
+    per_step = [b - a for a, b in zip([0] + totals[:-1], totals)]
+    if cycle == "plain":
+        mean = per_step[1]
+    elif cycle == "full" or n == 1:
+        mean = sum(per_step) / len(per_step)
+    else:
+        mean = (per_step[0] + (n - 1) * per_step[1]) / n
+    return mean * t.batch_size / batch
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

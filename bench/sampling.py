@@ -18,7 +18,6 @@ network on the static inputs, copy out), which is how the CPU tests check its pl
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -26,9 +25,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["GraphedNetwork", "EvalSampler", "EVAL_PRECISIONS", "numerics_protocol"]
+from bench.schema import PRECISIONS
+from bench.train import autocast
 
-EVAL_PRECISIONS = ("fp32", "bf16")
+__all__ = ["GraphedNetwork", "EvalSampler", "numerics_protocol"]
+
 WARMUP_CALLS = 2
 
 
@@ -91,13 +92,6 @@ class GraphedNetwork:
         return entry.output.clone()
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    # no weight-cast cache: cached casts would be captured into a graph and then freed
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
-
-
 class EvalSampler:
     """``sampler(x_T, rng=None) -> images`` of a system with the evaluation's numerics (``precision``) and, on
     CUDA, its network replayed through CUDA graphs; :meth:`protocol` says how it sampled (read it after use: a
@@ -105,15 +99,15 @@ class EvalSampler:
 
     def __init__(self, system, device: torch.device, precision: str = "fp32", cuda_graphs: bool = True,
                  emulate_graphs: bool = False):
-        if precision not in EVAL_PRECISIONS:
-            raise ValueError(f"eval.precision={precision!r}; valid: {', '.join(EVAL_PRECISIONS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"eval.precision={precision!r}; valid: {', '.join(PRECISIONS)}")
         self.system, self.device, self.precision = system, device, precision
         use = cuda_graphs and (device.type == "cuda" or emulate_graphs)
         self.net = GraphedNetwork(system.sampling_network, emulate=device.type != "cuda") if use else None
         self.cuda_graphs = cuda_graphs
 
     def __call__(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
-        with torch.no_grad(), _autocast(self.device, self.precision):
+        with torch.no_grad(), autocast(self.device, self.precision, cache=False):  # no casts captured in a graph
             return self.system.sample(x_T, rng=rng, net=self.net).float()
 
     def protocol(self) -> dict:

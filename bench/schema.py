@@ -6,7 +6,11 @@ each metric's unit and scope.
 from __future__ import annotations
 
 __all__ = ["SCORE_KEYS", "QUALITY_METRICS", "INTERMEDIATE_METRICS", "SAMPLING_KEYS", "RENAMED_METRICS",
-           "FINAL_METRICS", "OBJECTIVE_METRICS", "REPORT_METRICS", "PAPER_PRESET", "paper_preset"]
+           "FINAL_METRICS", "OBJECTIVE_METRICS", "REPORT_METRICS", "PAPER_PRESET", "paper_preset", "PRECISIONS"]
+
+# The numerics a training run (train.precision) or an evaluation (eval.precision) may ask for; bench.train.autocast
+# turns one into its autocast context.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 # Per metric set, the keys of bench.metrics.compute_metrics' result that are scores (the rest is protocol).
 SCORE_KEYS: dict[str, tuple[str, ...]] = {

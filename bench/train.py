@@ -1,9 +1,8 @@
-"""Training loops. One shared loop (budgets, data order, logging, checkpoints, resume, NaN rule, progress) and
-one update function per family:
-
-- :func:`train_gan`: DDGAN / WaveDiff, non-saturating adversarial loss, lazy R1, reconstruction term, EMA of G;
-- :func:`train_diffusion`: DDPM-family denoisers, MSE (+ image-space smooth-L1), AdamW, grad clip, warm-up +
-  cosine, optional EMA.
+"""The training loop every family shares (budgets, data order, logging, checkpoints, resume, NaN rule, progress),
+and what the families' training steps build on (precision, memory format, compilation, EMA, schedules). Each
+family's own step is in its module: ``bench.families.gan.train_gan`` (DDGAN / WaveDiff: non-saturating adversarial
+loss, lazy R1, reconstruction term, EMA of G), ``bench.families.diffusion.train_diffusion`` (DDPM-family
+denoisers: MSE + image-space smooth-L1, AdamW, grad clip, warm-up + cosine, optional EMA).
 
 Checkpoints hold the state of every module, optimiser and scheduler, the RNGs and the step, plus the resolved
 config and a format version; they are written atomically (temp file + rename) and a corrupt latest checkpoint
@@ -19,7 +18,6 @@ and the EMA one foreach call on CUDA.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import random
@@ -38,57 +36,15 @@ from tqdm.auto import tqdm
 
 from bench.data import InMemoryImages, to_signed_unit
 from bench.distributed import SINGLE, DistContext
+from bench.schema import PRECISIONS
 from bench.tracking import TrackingError
-from models.ddgan import DDGANLoss
 
-__all__ = ["GANTrainConfig", "DiffusionTrainConfig", "TrainResult", "NonFiniteLoss", "Checkpointer",
-           "BatchStream", "run_loop", "train_gan", "train_diffusion", "CHECKPOINT_VERSION", "ema_update",
-           "PRECISIONS", "autocast", "check_train_config"]
+__all__ = ["TrainResult", "NonFiniteLoss", "Checkpointer", "BatchStream", "run_loop", "CHECKPOINT_VERSION",
+           "ema_update", "PRECISIONS", "autocast", "check_train_config", "prepare_modules", "batch_format",
+           "compiled", "lr_lambda", "total_steps"]
 
-PRECISIONS = ("fp32", "bf16")
 
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class GANTrainConfig:
-    batch_size: int = 64              # images per optimisation step (all devices together)
-    max_steps: int | None = None      # budgets: training stops at the first one reached
-    max_epochs: float | None = None   #   (epochs of the training split)
-    max_minutes: float | None = None  #   (training wall-clock, summed over resumptions)
-    checkpoint_every: int = 500       # steps between checkpoints (one is always written at the end)
-    log_every: int = 10               # steps between logged training losses
-    lr_g: float = 1.6e-4              # Adam learning rate of the generator
-    lr_d: float = 1.25e-4             # Adam learning rate of the discriminator
-    beta1: float = 0.5                # Adam betas (DDGAN: 0.5, 0.9)
-    beta2: float = 0.9
-    lr_min: float = 1e-5              # cosine schedule floor (over the step or epoch budget; constant if minutes only)
-    r1_gamma: float = 0.02            # R1 weight: (gamma / 2) E||grad_x D(x_t)||^2 on real x_t
-    lazy_reg: int = 15                # R1 every this many steps (not rescaled, as in DDGAN)
-    ema_decay: float = 0.9999         # EMA of G's weights, every step
-    lambda_rec: float = 0.0           # weight of the L1 reconstruction term || G(x_{t+1}) - x0 ||_1 (WaveDiff: 1)
-    precision: str = "fp32"           # fp32 | bf16 (autocast forward passes; fp32 weights, losses and R1)
-    channels_last: bool = False       # networks and batches in channels-last memory format
-    compile: bool = False             # torch.compile the networks' training forward passes (not the R1 pass)
-
-
-@dataclass
-class DiffusionTrainConfig:
-    batch_size: int = 128             # images per optimisation step
-    max_steps: int | None = None      # budgets, as for GANTrainConfig
-    max_epochs: float | None = None
-    max_minutes: float | None = None
-    checkpoint_every: int = 500       # steps between checkpoints
-    log_every: int = 10               # steps between logged losses
-    lr: float = 1e-4                  # AdamW learning rate (WDDM: 1e-4)
-    weight_decay: float = 1e-2        # AdamW weight decay (WDDM: 1e-2)
-    grad_clip: float = 1.0            # max gradient norm (0 = off)
-    warmup_steps: int = 1000          # linear warm-up, then cosine to 0 over the budget
-    ema_decay: float = 0.0            # EMA of the denoiser (0 = none; WDDM uses none)
-    image_loss_weight: float = 0.0    # smooth-L1 between decode(x0_hat) and x0, x0_hat at each sample's own t
-    precision: str = "fp32"           # fp32 | bf16, as for GANTrainConfig
-    channels_last: bool = False       # networks and batches in channels-last memory format
-    compile: bool = False             # torch.compile the denoiser's training forward pass
 
 
 @dataclass
@@ -113,25 +69,29 @@ def check_train_config(t) -> list[str]:
     return []
 
 
-def autocast(device: torch.device, precision: str, enabled: bool = True):
-    """The forward passes' autocast context for ``precision`` (a no-op for fp32 or ``enabled=False``)."""
+def autocast(device: torch.device, precision: str, enabled: bool = True, cache: bool = True):
+    """The autocast context of ``precision`` (one of :data:`bench.schema.PRECISIONS`; a no-op for fp32 or
+    ``enabled=False``), for training's forward passes and evaluation's sampler alike. ``cache=False`` keeps no
+    weight casts (a CUDA graph would capture them, then they would be freed)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "fp32" or not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
-def _prepare(modules: dict[str, nn.Module], t) -> None:
+def prepare_modules(modules: dict[str, nn.Module], t) -> None:
     """Memory format of the networks (channels-last when asked)."""
     if t.channels_last:
         for m in modules.values():
             m.to(memory_format=torch.channels_last)
 
 
-def _batch_format(x: torch.Tensor, t) -> torch.Tensor:
+def batch_format(x: torch.Tensor, t) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if t.channels_last and x.dim() == 4 else x
 
 
-def _compiled(module: nn.Module, t) -> nn.Module:
+def compiled(module: nn.Module, t) -> nn.Module:
     """The module the training forward passes call: compiled when asked (it shares the module's parameters)."""
     return torch.compile(module) if t.compile else module
 
@@ -487,7 +447,7 @@ def _config_dict(cfg) -> dict:
     return to_dict(cfg)
 
 
-def _lr_lambda(horizon: int | None, warmup: int, floor_ratio: float) -> Callable[[int], float]:
+def lr_lambda(horizon: int | None, warmup: int, floor_ratio: float) -> Callable[[int], float]:
     """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor_ratio`` over the horizon."""
 
     def f(step: int) -> float:
@@ -499,89 +459,3 @@ def _lr_lambda(horizon: int | None, warmup: int, floor_ratio: float) -> Callable
         return floor_ratio + (1 - floor_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
     return f
-
-
-# ============================================================================================== GAN family
-
-def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.device,
-              should_stop: Callable[[], bool] | None = None, progress: bool = True,
-              on_step: Callable[[int, float], None] | None = None, dist: DistContext = SINGLE) -> TrainResult:
-    """DDGAN / WaveDiff training (PAPERS.md sections 1-2) on the system's diffusion space. With several ranks,
-    the calls whose gradients are applied go through DDP (D in its own step, G in its own step); the frozen or
-    no-grad calls use the plain modules, which hold the same weights on every rank."""
-    t: GANTrainConfig = cfg.train
-    G, D, G_ema = system.G, system.D, system.G_ema
-    _prepare(system.modules(), t)
-    G_par, D_par = dist.wrap(G, device), dist.wrap(D, device)
-    G_fwd, D_fwd = _compiled(G_par, t), _compiled(D_par, t)   # R1 (double backward) goes through D_par itself
-    D_frozen = D_fwd if not dist.enabled else _compiled(D, t)  # G's step: D without its DDP wrapper (no gradients)
-    loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec)
-    amp = functools.partial(autocast, device, t.precision)
-    fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
-    horizon = total_steps(t, stream.steps_per_epoch)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_g)))
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, _lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_d)))
-    G.train()
-    D.train()
-
-    def update(images: torch.Tensor, step: int) -> dict:
-        x0 = _batch_format(system.encode(images), t)
-
-        # Discriminator step (lazy R1 every lazy_reg steps).
-        D.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=True)
-        d = loss.discriminator(D_fwd, G_fwd, x0, r1=t.r1_gamma > 0 and step % t.lazy_reg == 0, D_r1=D_par,
-                               amp=amp)
-        d.pop("loss").backward()
-        opt_d.step()
-
-        # Generator step, then its EMA.
-        D.requires_grad_(False)
-        opt_g.zero_grad(set_to_none=True)
-        g = loss.generator(G_fwd, D_frozen, x0, amp=amp)
-        g.pop("loss").backward()
-        opt_g.step()
-        ema_update(G_ema, G, t.ema_decay)
-        return {k: v.detach() for k, v in {**d, **g}.items()}
-
-    return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
-                    schedulers={"g": sched_g, "d": sched_d}, update=update, stream=stream, tracker=tracker,
-                    workdir=workdir, device=device, should_stop=should_stop, progress=progress, on_step=on_step,
-                    dist=dist)
-
-
-# ============================================================================================== diffusion family
-
-def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: torch.device,
-                    should_stop: Callable[[], bool] | None = None, progress: bool = True,
-                    on_step: Callable[[int, float], None] | None = None, dist: DistContext = SINGLE) -> TrainResult:
-    """DDPM-family training (PAPERS.md section 3): MSE on the prediction target at a random t per sample, plus
-    ``image_loss_weight`` x smooth-L1 between the decoded x0_hat (at each sample's own t) and the image."""
-    t: DiffusionTrainConfig = cfg.train
-    net = system.denoiser
-    _prepare(system.modules(), t)
-    net_fwd = _compiled(dist.wrap(net, device), t)
-    opt = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=device.type == "cuda")
-    horizon = total_steps(t, stream.steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(horizon, t.warmup_steps, 0.0))
-    net.train()
-
-    def update(images: torch.Tensor, step: int) -> dict:
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, t.precision):
-            losses = {k: v.float() for k, v in system.loss(_batch_format(images, t), net=net_fwd).items()}
-        loss = losses["loss"] + (t.image_loss_weight * losses["loss_image"] if t.image_loss_weight > 0 else 0.0)
-        loss.backward()
-        out = {k: v.detach() for k, v in losses.items()}
-        if t.grad_clip > 0:
-            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip).detach()
-        opt.step()
-        if system.ema is not None:
-            ema_update(system.ema, net, t.ema_decay)
-        return out
-
-    return run_loop(cfg, modules=system.modules(), optimizers={"denoiser": opt}, schedulers={"denoiser": sched},
-                    update=update, stream=stream, tracker=tracker, workdir=workdir, device=device,
-                    should_stop=should_stop, progress=progress, on_step=on_step, dist=dist)

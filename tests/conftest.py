@@ -88,27 +88,19 @@ def module_store(tmp_path_factory):
         yield _use_store(mp, tmp_path_factory.mktemp("store"))
 
 
-GAN_MICRO = {"model.generator.nf": 16, "model.generator.ch_mult": [1, 2], "model.generator.n_mlp": 1,
-             "model.generator.z_emb_dim": 32, "model.generator.nz": 16, "model.discriminator.ngf": 8,
-             "model.discriminator.num_layers": 2, "model.discriminator.t_emb_dim": 32}
-DIFF_MICRO = {"model.denoiser.block_out_channels": [16, 32], "model.denoiser.norm_groups": 4,
-              "eval.sampler": "ddim", "eval.steps": 3}
-UKAN_MICRO = {"model.denoiser.ch": 16, "eval.sampler": "ddim", "eval.steps": 3}
 EVAL_MICRO = {"eval.metrics.num_samples": 24, "eval.sample_batch_size": 24, "eval.grid_images": 4,
               "eval.timing.batch_size": 4, "eval.timing.warmup": 0, "eval.timing.repeats": 2,
               "eval.metrics.kid_subsets": 5}
 
 
 def micro(variant: str, **extra) -> dict:
-    """A job mapping for ``variant`` at the smallest size that still exercises every code path."""
+    """A job mapping for ``variant`` at the smallest size that still exercises every code path: the sizes are its
+    family's (:meth:`bench.families.Family.micro`), the budget and evaluation the tests'."""
     from bench import registry
 
-    fam = registry.VARIANTS[variant].family.name
-    model = GAN_MICRO if fam == "gan" else (UKAN_MICRO if "ukan" in variant else DIFF_MICRO)
-    if variant.startswith("ddim-"):
-        model = {k: v for k, v in model.items() if not k.startswith("eval.")}
+    cfg = registry.default_config(variant)
     job = {"variant": variant, "dataset": "digits", "scale": "tiny", "device": "cpu", "train.max_steps": 2,
-           "train.batch_size": 16, "train.checkpoint_every": 1000, **model, **EVAL_MICRO}
+           "train.batch_size": 16, "train.checkpoint_every": 1000, **registry.family(cfg).micro(cfg), **EVAL_MICRO}
     job.update(extra)
     return job
 

@@ -8,6 +8,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import demo, registry
+from bench.evaluate import train_flops_per_step
 from bench.run import load_grid, validate
 from conftest import micro
 
@@ -17,12 +18,12 @@ def test_flops_per_step_counts_the_whole_step_schedule(one_thread, tmp_path, mon
     count is linear in the batch size (what scaling from a small counting batch relies on)."""
     monkeypatch.setenv("WAVEBENCH_RUNS", str(tmp_path))
     cfg = registry.resolve(micro("ddgan", **{"train.lazy_reg": 3, "train.batch_size": 16}))
-    two = demo.train_flops_per_step(cfg)
-    assert two == pytest.approx(demo.train_flops_per_step(cfg, full_cycle=True), rel=1e-12)
-    assert two == pytest.approx(demo.train_flops_per_step(cfg, batch=2), rel=1e-12)
+    two = train_flops_per_step(cfg)
+    assert two == pytest.approx(train_flops_per_step(cfg, cycle="full"), rel=1e-12)
+    assert two == pytest.approx(train_flops_per_step(cfg, batch=2), rel=1e-12)
     # The R1 step costs more than an ordinary one: a cycle of one step (R1 every step) costs more per step.
     every = registry.resolve(micro("ddgan", **{"train.lazy_reg": 1, "train.batch_size": 16}))
-    assert demo.train_flops_per_step(every) > two > 0
+    assert train_flops_per_step(every) > two > 0
 
 
 def test_the_demo_grid_gives_both_variants_the_same_training_flops(one_thread, tmp_path, monkeypatch):
@@ -54,7 +55,7 @@ def test_demo_on_a_micro_grid_prints_its_budget_table_plot_and_ui_urls(store, tm
     base = {k: v for k, v in micro("wavediff").items() if k != "variant"}
     base.update({"eval.every_num_samples": 16})
     cfgs = {v: registry.resolve(micro(v, **{"train.max_steps": 1})) for v in ("ddgan", "wavediff")}
-    flops = {v: demo.train_flops_per_step(c) for v, c in cfgs.items()}
+    flops = {v: train_flops_per_step(c) for v, c in cfgs.items()}
     steps = {"wavediff": 8}
     steps["ddgan"] = round(8 * flops["wavediff"] / flops["ddgan"])
     assert 1 <= steps["ddgan"] < 8

@@ -12,6 +12,7 @@ from bench import registry
 from bench.config import ConfigError
 from bench.data import dataset_fingerprint, load_dataset
 from bench.job import run_job
+from bench.schema import FINAL_METRICS, SCORE_KEYS
 from bench.train import NonFiniteLoss
 from conftest import micro
 
@@ -50,6 +51,10 @@ def test_few_step_job_logs_everything_and_is_skipped_when_done(store, tmp_path):
     assert not {"time_mean_s", "time_median_s"} & set(m)
     assert m["sampling_s_per_sample"] == pytest.approx(m["sampling_s_per_batch_mean"] / 4)
     assert m["sampling_s_per_batch_min"] <= m["sampling_s_per_batch_median"] <= m["sampling_s_per_batch_max"]
+    # Every final metric the schema names (what the reports and the tuner read) for this job's metric set and
+    # networks was logged under that name.
+    final = {k for k in FINAL_METRICS if k not in SCORE_KEYS["dinov2"] and k != "params_denoiser"}
+    assert final <= set(m), final - set(m)
     # Every metric the job logged is in the README's table of metric names.
     documented = readme_metric_names()
     assert {k for k in m if not k.startswith("system/")} <= documented, set(m) - documented

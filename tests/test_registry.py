@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from bench import registry
+from bench import describe, registry
 from bench.config import ConfigError
 from bench.evaluate import count_params
 from conftest import micro
@@ -42,13 +42,13 @@ def test_every_variant_builds_tiny_and_samples(name):
     ("wddm-ukan-l1", "cifar10", 23.95e6, 0.03), ("wddm-ukan-l2", "cifar10", 6.1e6, 0.03),
 ])
 def test_paper_configs_through_the_registry(name, dataset, params, tol):
-    d = registry.describe(name, dataset)
+    d = describe.describe(name, dataset)
     assert abs(d["params"] - params) / params < tol, d
 
 
 def test_paper_flops_and_discriminators():
-    assert abs(registry.describe("ddgan", "cifar10")["gflops_per_call"] - 14.1) / 14.1 < 0.05
-    assert abs(registry.describe("wavediff", "cifar10")["gflops_per_call"] - 3.34) / 3.34 < 0.05
+    assert abs(describe.describe("ddgan", "cifar10")["gflops_per_call"] - 14.1) / 14.1 < 0.05
+    assert abs(describe.describe("wavediff", "cifar10")["gflops_per_call"] - 3.34) / 3.34 < 0.05
     for name, dataset, ref in [("ddgan", "cifar10", 12.74e6), ("wavediff", "cifar10", 7.63e6),
                                ("ddgan", "celebahq256", 27.74e6), ("wavediff", "celebahq256", 22.63e6)]:
         cfg = registry.resolve({"variant": name, "dataset": dataset, "scale": "paper"}, check_paths=False)
@@ -142,7 +142,7 @@ def test_list_command_json():
 # ============================================================================================== one hop to a definition
 
 def _show(capsys, *args) -> tuple[int, str, str]:
-    rc = registry.main(["show", *args])
+    rc = describe.main(["show", *args])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -176,7 +176,14 @@ def test_show_gives_a_variants_whole_definition(name, capsys):
     for net, module in system.networks.items():
         assert f"{net} {count_params(module) / 1e6:.2f}M" in head
     assert f"job hash {registry.job_hash(cfg)}" in head and registry.VARIANTS[name].paper in head
-    assert inspect.getsourcefile(type(registry.family(cfg))).endswith("bench/families.py")
+    family = registry.family(cfg)
+    assert inspect.getsourcefile(type(family)).endswith(f"bench/families/{family.name}.py")
+    # The parts it lists are the types build() really makes (read from the system, not kept by hand).
+    parts = describe.parts(name)
+    assert parts["system"] is type(system) and parts["process"] is type(system.process)
+    for role, net in (("generator", "G"), ("discriminator", "D"), ("denoiser", "denoiser")):
+        if role in parts:
+            assert parts[role] is type(getattr(system, net)), role
 
 
 def test_show_says_what_is_wrong(capsys):
@@ -192,7 +199,42 @@ def test_every_variant_is_written_out_and_has_a_family():
     source = open(registry.__file__).read()
     for name, v in registry.VARIANTS.items():
         assert f'Variant("{name}", ' in source, name  # grep finds every name
-        assert v.family in (registry.GAN, registry.DIFFUSION, registry.DVDP)
+        assert registry.FAMILIES[v.family.name] is v.family
+    assert set(registry.FAMILIES) == {v.family.name for v in registry.VARIANTS.values()}
+
+
+@pytest.mark.parametrize("name", sorted(registry.FAMILIES))
+def test_a_family_is_one_module_whose_micro_config_builds_and_trains(name, tmp_path):
+    """Everything a family defines lives in bench/families/<name>.py; its micro config (the tests' size, from the
+    family itself) resolves, builds and trains one step through the family's own training loop."""
+    import importlib
+
+    from bench.data import load_dataset
+    from bench.tracking import NullTracker
+    from bench.train import BatchStream
+
+    family = registry.FAMILIES[name]
+    module = importlib.import_module(f"bench.families.{name}")
+    assert type(family).__module__ == module.__name__
+    variant = next(v for v, spec in registry.VARIANTS.items() if spec.family is family)
+    cfg = registry.resolve(micro(variant, **{"train.max_steps": 1}))
+    system = family.build(cfg)
+    for part in (type(system), family.trainer, *family.parts(system).values()):
+        assert part.__module__.startswith(("models.", module.__name__, "bench.families.")), (part, part.__module__)
+    stream = BatchStream(load_dataset(cfg.data, "train"), cfg.train.batch_size, 0)
+    result = family.trainer(cfg, system, stream, NullTracker(), tmp_path, torch.device("cpu"), progress=False)
+    assert result.step == 1
+
+
+def test_the_registry_does_not_import_what_describes_it():
+    """No import cycle: `python -m bench.registry list|show` is served by bench.describe, which the registry
+    module itself never imports."""
+    code = "import sys, bench.registry; print('bench.describe' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+    shown = subprocess.run([sys.executable, "-m", "bench.registry", "show", "wavediff", "--dataset", "digits",
+                            "--scale", "tiny"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and shown.stdout.startswith("wavediff: "), shown.stderr
 
 
 def test_variants_with_one_configuration_are_one_job(tmp_path):

@@ -1,5 +1,7 @@
 """Tables and plots from a real temporary MLflow store filled with small runs in the schema bench.job writes."""
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,62 +48,59 @@ DIFF_P = {"params_denoiser": 2.0e6}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("WAVEBENCH_ARTIFACT_ROOT", str(tmp / "artifacts"))
-        client = MlflowClient(uri)
-        e = client.create_experiment(EXP, artifact_location=(tmp / "artifacts").as_uri())
-        parent = client.create_run(e, run_name="grid-demo", tags={"grid": "demo"}).info.run_id
-        client.set_terminated(parent)
-        hist = [(100, 80.0, 150.0), (200, 50.0, 300.0)]
-        every = {"eval.every_num_samples": "200"}  # intermediate FIDs on 200 samples, the final one on 1000
-        r = {}
-        r["ddgan"] = log_run(client, e, "ddgan", fid=30.0, time_s=2.0, params=GAN_P, published_row="DDGAN",
-                             history=hist + [(400, 31.0, 600.0)], parent=parent, gflops=2.0, extra_params=every)
-        log_run(client, e, "wavediff", fid=99.0, time_s=9.0, seed=0, start=-1000, params=GAN_P)  # older: replaced
-        r["wavediff0"] = log_run(client, e, "wavediff", fid=20.0, time_s=0.8, seed=0, params=GAN_P,
-                                 published_row="WaveDiff", history=hist + [(400, 21.0, 600.0)], parent=parent,
-                                 extra_params=every)
-        r["wavediff1"] = log_run(client, e, "wavediff", fid=22.0, time_s=0.6, seed=1, start=10, params=GAN_P,
-                                 published_row="WaveDiff", parent=parent)
-        log_run(client, e, "wavediff", fid=77.7, time_s=0.01, seed=2, status="FAILED", params=GAN_P)  # ignored
-        for i, (v, f) in enumerate([("wavediff-wg", 18.0), ("wavediff-wg-no-residual", 19.5),
-                                    ("wavediff-wg-no-updown", 19.0), ("wavediff-wg-no-bottleneck", 18.5),
-                                    ("wavediff-no-rec", 40.0)]):
-            log_run(client, e, v, fid=f, time_s=0.5 + 0.01 * i, params=GAN_P)
-        diff = dict(family="diffusion", params=DIFF_P)
-        log_run(client, e, "ddpm", fid=15.0, time_s=40.0, nfe=1000, gflops=300.0, ips=100.0,
-                extra_params={"eval.sampler": "ddpm", "eval.steps": "0", "eval.eta": "0.0",
-                              "model.process.num_timesteps": "1000"}, **diff)
-        for n, f in ((10, 25.0), (20, 19.0), (50, 16.0)):
-            log_run(client, e, f"ddim-{n}", fid=f, time_s=40.0 * n / 1000, nfe=n, gflops=0.3 * n,
-                    extra_params={"eval.sampler": "ddim", "eval.steps": str(n), "eval.eta": "0.0",
-                                  "eval.spacing": "quadratic"}, **diff)
-        log_run(client, e, "wddm-unet-l1", fid=17.0, time_s=12.0, nfe=1000, gflops=80.0, ips=300.0, **diff)
-        log_run(client, e, "dvdp-tp1", fid=16.5, time_s=25.0, nfe=1000, gflops=150.0, ips=150.0, family="dvdp",
-                params=DIFF_P, extra_params={"model.turning_points": "[500]"})
-        # Another protocol on the same data set (Inception backbone), and CIFAR-10 at paper scale.
-        log_run(client, e, "wavediff", fid=50.0, time_s=0.7, backbone="inception-vgg16", params=GAN_P)
-        log_run(client, e, "ddgan", fid=70.0, time_s=2.1, backbone="inception-vgg16", params=GAN_P, gflops=2.0)
-        log_run(client, e, "wavediff", fid=4.5, time_s=0.1, dataset="cifar10", scale="paper",
-                backbone="inception-vgg16", params={"params_generator": 33.4e6, "params_discriminator": 7.6e6})
-        # Other experiments of the same store, read when no experiment is named: a newer ddgan run (it wins),
-        # a variant only there, and runs that are never rows: a tuning trial and its study (newer, their own
-        # kind), the speed benchmark's experiment.
-        other = client.create_experiment("other", artifact_location=(tmp / "artifacts").as_uri())
-        r["other_ddgan"] = log_run(client, other, "ddgan", fid=31.0, time_s=2.2, start=5000, params=GAN_P,
-                                   published_row="DDGAN", gflops=2.0)
-        log_run(client, other, "wddm-unet-l2", fid=23.0, time_s=11.0, nfe=1000, start=5000, **diff)
-        tune = client.create_experiment("tune", artifact_location=(tmp / "artifacts").as_uri())
-        for kind in ("trial", "study"):
-            rid = log_run(client, tune, "wavediff", fid=1.0, time_s=0.01, start=6000, params=GAN_P)
-            client.set_tag(rid, "kind", kind)
-        perf = client.create_experiment("perf", artifact_location=(tmp / "artifacts").as_uri())
-        log_run(client, perf, "wavediff-wg", fid=2.0, time_s=0.02, start=6000, params=GAN_P)
-        yield {"uri": uri, "client": client, "exp": e, "runs": r, "tmp": tmp}
+def store(module_store):
+    """The runs the tests read, in the module's MLflow store (conftest's ``module_store``)."""
+    uri, artifacts = module_store, Path(os.environ["WAVEBENCH_ARTIFACT_ROOT"])
+    client = MlflowClient(uri)
+    e = client.create_experiment(EXP, artifact_location=artifacts.as_uri())
+    parent = client.create_run(e, run_name="grid-demo", tags={"grid": "demo"}).info.run_id
+    client.set_terminated(parent)
+    hist = [(100, 80.0, 150.0), (200, 50.0, 300.0)]
+    every = {"eval.every_num_samples": "200"}  # intermediate FIDs on 200 samples, the final one on 1000
+    r = {}
+    r["ddgan"] = log_run(client, e, "ddgan", fid=30.0, time_s=2.0, params=GAN_P, published_row="DDGAN",
+                         history=hist + [(400, 31.0, 600.0)], parent=parent, gflops=2.0, extra_params=every)
+    log_run(client, e, "wavediff", fid=99.0, time_s=9.0, seed=0, start=-1000, params=GAN_P)  # older: replaced
+    r["wavediff0"] = log_run(client, e, "wavediff", fid=20.0, time_s=0.8, seed=0, params=GAN_P,
+                             published_row="WaveDiff", history=hist + [(400, 21.0, 600.0)], parent=parent,
+                             extra_params=every)
+    r["wavediff1"] = log_run(client, e, "wavediff", fid=22.0, time_s=0.6, seed=1, start=10, params=GAN_P,
+                             published_row="WaveDiff", parent=parent)
+    log_run(client, e, "wavediff", fid=77.7, time_s=0.01, seed=2, status="FAILED", params=GAN_P)  # ignored
+    for i, (v, f) in enumerate([("wavediff-wg", 18.0), ("wavediff-wg-no-residual", 19.5),
+                                ("wavediff-wg-no-updown", 19.0), ("wavediff-wg-no-bottleneck", 18.5),
+                                ("wavediff-no-rec", 40.0)]):
+        log_run(client, e, v, fid=f, time_s=0.5 + 0.01 * i, params=GAN_P)
+    diff = dict(family="diffusion", params=DIFF_P)
+    log_run(client, e, "ddpm", fid=15.0, time_s=40.0, nfe=1000, gflops=300.0, ips=100.0,
+            extra_params={"eval.sampler": "ddpm", "eval.steps": "0", "eval.eta": "0.0",
+                          "model.process.num_timesteps": "1000"}, **diff)
+    for n, f in ((10, 25.0), (20, 19.0), (50, 16.0)):
+        log_run(client, e, f"ddim-{n}", fid=f, time_s=40.0 * n / 1000, nfe=n, gflops=0.3 * n,
+                extra_params={"eval.sampler": "ddim", "eval.steps": str(n), "eval.eta": "0.0",
+                              "eval.spacing": "quadratic"}, **diff)
+    log_run(client, e, "wddm-unet-l1", fid=17.0, time_s=12.0, nfe=1000, gflops=80.0, ips=300.0, **diff)
+    log_run(client, e, "dvdp-tp1", fid=16.5, time_s=25.0, nfe=1000, gflops=150.0, ips=150.0, family="dvdp",
+            params=DIFF_P, extra_params={"model.turning_points": "[500]"})
+    # Another protocol on the same data set (Inception backbone), and CIFAR-10 at paper scale.
+    log_run(client, e, "wavediff", fid=50.0, time_s=0.7, backbone="inception-vgg16", params=GAN_P)
+    log_run(client, e, "ddgan", fid=70.0, time_s=2.1, backbone="inception-vgg16", params=GAN_P, gflops=2.0)
+    log_run(client, e, "wavediff", fid=4.5, time_s=0.1, dataset="cifar10", scale="paper",
+            backbone="inception-vgg16", params={"params_generator": 33.4e6, "params_discriminator": 7.6e6})
+    # Other experiments of the same store, read when no experiment is named: a newer ddgan run (it wins),
+    # a variant only there, and runs that are never rows: a tuning trial and its study (newer, their own
+    # kind), the speed benchmark's experiment.
+    other = client.create_experiment("other", artifact_location=artifacts.as_uri())
+    r["other_ddgan"] = log_run(client, other, "ddgan", fid=31.0, time_s=2.2, start=5000, params=GAN_P,
+                               published_row="DDGAN", gflops=2.0)
+    log_run(client, other, "wddm-unet-l2", fid=23.0, time_s=11.0, nfe=1000, start=5000, **diff)
+    tune = client.create_experiment("tune", artifact_location=artifacts.as_uri())
+    for kind in ("trial", "study"):
+        rid = log_run(client, tune, "wavediff", fid=1.0, time_s=0.01, start=6000, params=GAN_P)
+        client.set_tag(rid, "kind", kind)
+    perf = client.create_experiment("perf", artifact_location=artifacts.as_uri())
+    log_run(client, perf, "wavediff-wg", fid=2.0, time_s=0.02, start=6000, params=GAN_P)
+    yield {"uri": uri, "client": client, "exp": e, "runs": r, "tmp": artifacts.parent}
 
 
 def section(rep, dataset, backbone="digits-classifier"):

@@ -2,6 +2,8 @@
 with runs in bench.job's schema (tests/test_reports.py's ``log_run``), some of which logged the ``dinov2`` metric
 set beside the paper set. The two rankings of the digits variants differ on purpose."""
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,34 +43,31 @@ FD = {"ddgan": 450.0, "wavediff": 510.0, "wavediff-wg": 1234.56, "wddm-unet-l1":
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("WAVEBENCH_ARTIFACT_ROOT", str(tmp / "artifacts"))
-        client = MlflowClient(uri)
-        e = client.create_experiment(EXP, artifact_location=(tmp / "artifacts").as_uri())
-        rows = {"ddgan": "DDGAN", "wavediff": "WaveDiff", "ddpm": "DDPM"}
-        for i, (v, seed, fid, dino, tag) in enumerate(DIGITS):
-            family = "diffusion" if v.startswith(("ddpm", "wddm")) else "gan"
-            rid = log_run(client, e, v, fid=fid, time_s=0.5 + i, seed=seed, start=i, family=family,
-                          published_row=rows.get(v, ""), params={**GAN_P, **(dino or {})}, extra_params=CONFIG)
-            if tag:
-                client.set_tag(rid, "metric_backbone_dinov2", tag)
-        # Another protocol on digits (Inception backbone): wavediff measured with ViT-L/14, ddgan's run recorded no
-        # DINOv2 model at all: two column groups, never one average.
-        rid = log_run(client, e, "wavediff", fid=50.0, time_s=0.7, backbone="inception-vgg16", published_row="WaveDiff",
-                      params={**GAN_P, "fd_dinov2": 900.0, "precision_dinov2": 0.4, "recall_dinov2": 0.3,
-                              "density_dinov2": 0.5, "coverage_dinov2": 0.25})
-        client.set_tag(rid, "metric_backbone_dinov2", TAG_L)
-        log_run(client, e, "ddgan", fid=70.0, time_s=2.1, backbone="inception-vgg16", published_row="DDGAN",
-                params={**GAN_P, "fd_dinov2": 950.0, "precision_dinov2": 0.35, "recall_dinov2": 0.2,
-                        "density_dinov2": 0.45, "coverage_dinov2": 0.2})
-        # CIFAR-10 at paper scale, no dinov2 set at all.
-        log_run(client, e, "wavediff", fid=4.5, time_s=0.1, dataset="cifar10", scale="paper",
-                backbone="inception-vgg16", published_row="WaveDiff", params=GAN_P)
-        yield {"uri": uri, "client": client}
+def store(module_store):
+    """The runs the tests read, in the module's MLflow store (conftest's ``module_store``)."""
+    uri, artifacts = module_store, Path(os.environ["WAVEBENCH_ARTIFACT_ROOT"])
+    client = MlflowClient(uri)
+    e = client.create_experiment(EXP, artifact_location=artifacts.as_uri())
+    rows = {"ddgan": "DDGAN", "wavediff": "WaveDiff", "ddpm": "DDPM"}
+    for i, (v, seed, fid, dino, tag) in enumerate(DIGITS):
+        family = "diffusion" if v.startswith(("ddpm", "wddm")) else "gan"
+        rid = log_run(client, e, v, fid=fid, time_s=0.5 + i, seed=seed, start=i, family=family,
+                      published_row=rows.get(v, ""), params={**GAN_P, **(dino or {})}, extra_params=CONFIG)
+        if tag:
+            client.set_tag(rid, "metric_backbone_dinov2", tag)
+    # Another protocol on digits (Inception backbone): wavediff measured with ViT-L/14, ddgan's run recorded no
+    # DINOv2 model at all: two column groups, never one average.
+    rid = log_run(client, e, "wavediff", fid=50.0, time_s=0.7, backbone="inception-vgg16", published_row="WaveDiff",
+                  params={**GAN_P, "fd_dinov2": 900.0, "precision_dinov2": 0.4, "recall_dinov2": 0.3,
+                          "density_dinov2": 0.5, "coverage_dinov2": 0.25})
+    client.set_tag(rid, "metric_backbone_dinov2", TAG_L)
+    log_run(client, e, "ddgan", fid=70.0, time_s=2.1, backbone="inception-vgg16", published_row="DDGAN",
+            params={**GAN_P, "fd_dinov2": 950.0, "precision_dinov2": 0.35, "recall_dinov2": 0.2,
+                    "density_dinov2": 0.45, "coverage_dinov2": 0.2})
+    # CIFAR-10 at paper scale, no dinov2 set at all.
+    log_run(client, e, "wavediff", fid=4.5, time_s=0.1, dataset="cifar10", scale="paper",
+            backbone="inception-vgg16", published_row="WaveDiff", params=GAN_P)
+    yield {"uri": uri, "client": client}
 
 
 def section(rep, dataset, backbone="digits-classifier"):

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from bench import demo, registry
 from bench.job import run_job
 from conftest import micro
-from reports import plots, table
+from reports import columns, plots, table
 
 EXP = "trained"
 GRID = "tiny-demo"
@@ -78,34 +78,19 @@ def trained(module_store, tmp_path_factory):
 
 # ============================================================================================== helpers
 
-def fixed(d):
-    return lambda v: f"{v:.{d}f}"
+# The tables' own number formats (test_number_formats_are_the_papers pins them to literal strings).
+fixed, sig, seconds = columns._fixed, columns._sig, columns._time
+published_seconds, ratio_text = columns._time_published, columns.ratio_text
 
 
-def sig(v):
-    """The tables' three significant digits."""
-    a = abs(v)
-    return f"{v:.0f}" if a >= 100 else f"{v:#.3g}" if a >= 0.001 or a == 0 else f"{v:.2e}"
-
-
-def published_seconds(v):
-    """Published seconds as the WaveDiff tables print them: 0.08, 0.60, 8.79, 80.5."""
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-
-
-def seconds(v):
-    """Measured seconds as the papers print them (0.08, 8.79, 80.5), two significant digits below 0.1 s."""
-    a = abs(v)
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 0.1 or a == 0:
-        return f"{v:.2f}"
-    return f"{v:.{1 - int(np.floor(np.log10(a)))}f}"
-
-
-def ratio_text(ratio, name):
-    word, r = ("faster", ratio) if ratio >= 1 else ("slower", 1 / ratio)
-    return f"{r:.0f}x {word} than {name}" if r >= 10 else f"{r:.1f}x {word} than {name}"
+def test_number_formats_are_the_papers():
+    assert fixed(2)(6.9149) == "6.91" and fixed(4)(0.01236) == "0.0124" and fixed(0)(4.0) == "4"
+    assert [sig(v) for v in (1234.56, 18.53, 0.5413, 0.0, 0.000123)] == ["1235", "18.5", "0.541", "0.00", "1.23e-04"]
+    assert [published_seconds(v) for v in (0.08, 0.6, 8.789, 80.5, 423.17)] == ["0.08", "0.60", "8.79", "80.5",
+                                                                                 "423.2"]
+    assert [seconds(v) for v in (0.0034, 0.0813, 0.54, 12.34)] == ["0.0034", "0.081", "0.54", "12.3"]
+    assert ratio_text(2.86, "DDGAN") == "2.9x faster than DDGAN" and ratio_text(0.5, "DDGAN") == "2.0x slower than DDGAN"
+    assert ratio_text(12.4, "DDPM") == "12x faster than DDPM"
 
 
 def values(runs, metric, scale=1.0):

@@ -6,7 +6,8 @@ import torch
 from bench import registry
 from bench.data import load_dataset, to_signed_unit
 from bench.tracking import NullTracker
-from bench.train import BatchStream, Checkpointer, NonFiniteLoss, run_loop, train_gan
+from bench.families.gan import train_gan
+from bench.train import BatchStream, Checkpointer, NonFiniteLoss, run_loop
 from conftest import micro
 
 

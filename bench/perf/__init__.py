@@ -53,6 +53,7 @@ from bench.perf.overhead import OVERHEAD_VARIANT
 from bench.perf.sampling import DVDP_VARIANT, GAN_GROUP, STEP_GROUP
 from bench.perf.timing import interleaved, paired_ratio, rounds, summarize, versus, wall_time
 from bench.perf.training import TRAIN_GROUPS
+from bench.schema import PRECISIONS
 from bench.tracking import Tracker, flatten, git_commit
 
 __all__ = ["PerfConfig", "quick_config", "run_benchmark", "render", "rounds", "interleaved", "wall_time", "summarize",
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None:
         over["sampler_repeats"] = args.repeats
     if resolve_device(args.device).type == "cuda":
-        over["train_precisions"] = ("fp32", "bf16")  # mixed precision is a GPU option
+        over["train_precisions"] = PRECISIONS  # mixed precision is a GPU option
         if not args.quick:
             # A GPU affords the papers' protocol more closely (they use 10 warm-up + 300 timed runs).
             over.setdefault("repeats", 20)
@@ -216,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             over["warmup"] = 10
     if args.train_precisions:
         over["train_precisions"] = tuple(p.strip() for p in args.train_precisions.split(",") if p.strip())
-        bad = [p for p in over["train_precisions"] if p not in ("fp32", "bf16")]
+        bad = [p for p in over["train_precisions"] if p not in PRECISIONS]
         if bad or not over["train_precisions"]:
-            ap.error(f"--train-precisions {args.train_precisions!r}; valid: fp32, bf16 (comma-separated)")
+            ap.error(f"--train-precisions {args.train_precisions!r}; valid: {', '.join(PRECISIONS)} (comma-separated)")
     if args.sections:
         over["sections"] = tuple(s.strip() for s in args.sections.split(",") if s.strip())
         bad = [s for s in over["sections"] if s not in SECTIONS]

@@ -9,11 +9,10 @@ import time
 from dataclasses import replace
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench import registry
 from bench.data import InMemoryImages, dataset_channels
-from bench.evaluate import synchronize
+from bench.evaluate import synchronize, train_flops_per_step
 from bench.perf.config import REFERENCES, PerfConfig
 from bench.perf.sampling import DVDP_VARIANT, GAN_GROUP, STEP_GROUP, _of_peak, _peak_cell, build, config
 from bench.perf.timing import fmt, paired_ratio, ratio, rounds, say, stat, summarize, versus
@@ -71,28 +70,10 @@ def _train_images(cfg, batch: int, steps: int, seed: int) -> torch.Tensor:
                          dtype=torch.uint8)
 
 
-def step_flops_per_image(cfg, pc: PerfConfig) -> float:
-    """FLOPs (2 x multiply-adds, forward and backward, torch FlopCounterMode) per image of one training step
-    without R1: the second step of a 2-step run at batch 2 on the CPU, the counter on during that step only."""
-    cfg = replace(cfg, train=replace(cfg.train, batch_size=2, max_steps=2, max_epochs=None, max_minutes=None,
-                                     checkpoint_every=10**9, log_every=10**9, precision="fp32"))
-    if hasattr(cfg.train, "lazy_reg"):
-        cfg = replace(cfg, train=replace(cfg.train, lazy_reg=max(2, cfg.train.lazy_reg)))
-    system = build(cfg, pc, torch.device("cpu"))
-    counter = FlopCounterMode(display=False)
-
-    def on_step(step: int, _elapsed: float) -> None:
-        if step == 1:
-            counter.__enter__()
-        elif step == 2:
-            counter.__exit__(None, None, None)
-
-    images = _train_images(cfg, 2, 2, pc.seed)
-    stream = BatchStream(InMemoryImages(images, torch.zeros(len(images), dtype=torch.long)), 2, pc.seed)
-    trainer = registry.family(cfg).trainer
-    with tempfile.TemporaryDirectory() as workdir:
-        trainer(cfg, system, stream, NullTracker(), workdir, torch.device("cpu"), progress=False, on_step=on_step)
-    return counter.get_total_flops() / 2
+def step_flops_per_image(cfg) -> float:
+    """FLOPs (2 x multiply-adds, forward and backward) per image of one plain training step (no R1):
+    :func:`bench.evaluate.train_flops_per_step`, the count the demo's budgets use."""
+    return train_flops_per_step(cfg, batch=2, cycle="plain") / cfg.train.batch_size
 
 
 def run(pc: PerfConfig, device: torch.device) -> dict:
@@ -106,7 +87,7 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
             for prec in pc.train_precisions:
                 cfgs[name, prec] = replace(cfg, train=replace(cfg.train, batch_size=B, precision=prec))
             systems[name] = build(cfgs[name, pc.train_precisions[0]], pc, device)
-            flops[name] = step_flops_per_image(cfgs[name, pc.train_precisions[0]], pc)
+            flops[name] = step_flops_per_image(cfgs[name, pc.train_precisions[0]])
         images = _train_images(cfgs[group[0], pc.train_precisions[0]], B, pc.train_warmup + pc.train_steps, pc.seed)
         say(f"training: {', '.join(group)} x {', '.join(pc.train_precisions)} (batch {B}, {pc.repeats} rounds of "
             f"{pc.train_warmup} + {pc.train_steps} steps)")
