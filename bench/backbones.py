@@ -220,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(FETCHABLE)} (VGG16 and DINOv2: place the file and set eval.metrics.vgg16_weights / "
               "dinov2_weights)", file=sys.stderr)
         return 2
-    from bench import inception
+    from bench import backbones, inception  # backbones: the module, also when this file runs as __main__
 
     try:
         inception.fetch(args.to, args.source, force=args.force, recheck=args.check)
-    except MetricsError as e:
+    except backbones.MetricsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -367,8 +367,8 @@ def evaluation_prerequisites(cfg: RunConfig, *, allow_download: bool = True) -> 
         return problems
     m = cfg.eval.metrics
     sets = (m.sets,) if isinstance(m.sets, str) else tuple(m.sets)
-    key = (cfg.data.name, sets, m.backbone, m.inception_weights, m.vgg16_weights, m.dinov2_model, m.dinov2_weights,
-           get_dir(), allow_download)
+    key = (cfg.data.name, sets, m.backbone, m.inception_weights, m.vgg16_weights, m.pr_backbone, m.dinov2_model,
+           m.dinov2_weights, get_dir(), allow_download)
     if metrics_prerequisites(m, cfg.data.name, allow_download=False) and key in _PREREQUISITE_FAILURES:
         return problems + _PREREQUISITE_FAILURES[key]  # still missing: the download failed a moment ago
     missing = metrics_prerequisites(m, cfg.data.name, allow_download=allow_download)
