@@ -54,7 +54,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from bench import inception as inception_weights
+from bench import inception as inception_net
 from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TIMEOUT_S, INCEPTION, VGG16,
                              DinoV2Arch, DinoV2FeatureExtractor, DinoV2ViT, MetricsError, Weights, file_fingerprint,
                              load_dinov2, locate_weights, register_dinov2_model, weights_file)
@@ -481,7 +481,7 @@ def _extractor(backbone: str, cfg: MetricsConfig, cache_dir: str | Path | None) 
     if backbone == "digits-classifier":
         name, weights = DIGITS_EXTRACTOR, str(digits_classifier_path(cache_dir))
     elif backbone == "inception":
-        name, weights = inception_weights.EXTRACTOR, inception_weights_file(cfg)
+        name, weights = inception_net.EXTRACTOR, inception_weights_file(cfg)
     elif backbone == "vgg16":
         name, weights = "vgg16", vgg16_weights_file(cfg)
     elif backbone == "dinov2":
@@ -546,8 +546,9 @@ def _vgg16_or_reason(cfg: MetricsConfig) -> tuple[str | None, str]:
     path, problem = locate_weights(VGG16, None)
     if path is not None:
         return path, ""
-    return None, (f"not measured: {problem.split('. ')[0]}; set eval.metrics.vgg16_weights to the file, or eval.metrics.pr_backbone: inception for precision/recall in "
-                  "Inception-v3 features (another protocol, logged as precision_inception/recall_inception)")
+    return None, (f"not measured: {problem.split('. ')[0]}; set eval.metrics.vgg16_weights to the file, or "
+                  "eval.metrics.pr_backbone: inception for precision/recall in Inception-v3 features (another "
+                  "protocol, logged as precision_inception/recall_inception)")
 
 
 def _inception_metrics(cfg: MetricsConfig, common: dict, ref_key: str, prc: bool, memo: dict) -> tuple[dict, str]:
@@ -559,9 +560,9 @@ def _inception_metrics(cfg: MetricsConfig, common: dict, ref_key: str, prc: bool
         weights = inception_weights_file(cfg)
         tag = f"{ref_key}-{file_fingerprint(weights)}"  # torch-fidelity appends the extractor's name
         memo["out"] = torch_fidelity.calculate_metrics(
-            fid=True, kid=True, prc=prc, feature_extractor=inception_weights.EXTRACTOR,
+            fid=True, kid=True, prc=prc, feature_extractor=inception_net.EXTRACTOR,
             feature_extractor_weights_path=weights, input2_cache_name=tag, **common)
-        memo["backbone"] = inception_weights.describe(weights)
+        memo["backbone"] = inception_net.describe(weights)
     return memo["out"], memo["backbone"]
 
 

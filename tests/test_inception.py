@@ -22,6 +22,7 @@ from bench import registry
 from bench.backbones import INCEPTION, MetricsError, locate_weights
 from bench.backbones import main as backbones_main
 from conftest import free_port, micro
+from reports import table
 
 
 
@@ -176,6 +177,11 @@ def test_paper_set_without_vgg16_through_a_real_job(installed, torchscript, stor
         assert tags["metric_backbone_prc"].startswith("not measured") and "pr_backbone" in tags["metric_backbone_prc"]
     else:
         assert 0.0 <= m["recall"] <= 1.0 and tags["metric_backbone_prc"].startswith("vgg16")
+
+    # The table says which backbone each number comes from: precision/recall separately from FID/KID.
+    md = table.render(table.build_report("cifar10", "inception", datasets=["digits"], measured_only=True), "md")
+    assert "FID/KID with wavebench-inception-v3-compat" in md
+    assert f"precision/recall: {tags['metric_backbone_prc']}" in md
 
     # make demo's Inception section, read back from this run.
     text = demo.inception_text(MlflowClient(store), [{"run_id": r.run_id, "variant": "wavediff", "status": "FINISHED"}])
