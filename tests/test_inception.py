@@ -19,7 +19,7 @@ from torch_fidelity.utils import create_feature_extractor
 from bench import demo, inception, job
 from bench import metrics as M
 from bench import registry
-from bench.backbones import INCEPTION, MetricsError, locate_weights
+from bench.backbones import INCEPTION, MetricsError, hub_checkpoint, locate_weights
 from bench.backbones import main as backbones_main
 from conftest import free_port, micro
 from reports import table
@@ -28,11 +28,11 @@ from reports import table
 
 def _need_weights() -> tuple[str, Path]:
     """(weights file, TorchScript) as make setup leaves them; skipped (failed under CI) when absent."""
-    path, problem = locate_weights(INCEPTION, None, allow_download=False)
+    path, _ = locate_weights(INCEPTION, None, allow_download=False)
     ts = inception.torchscript_path()
     if path is None or not ts.is_file():
-        why = (f"the Inception-v3 weights ({problem or path}) or the TorchScript ({ts}) are not there: run "
-               "python -m bench.backbones fetch inception (make setup does)")
+        why = (f"the Inception-v3 weights ({hub_checkpoint(INCEPTION.filename)}) or the TorchScript ({ts}) are not "
+               "there: run python -m bench.backbones fetch inception (make setup does)")
         if os.environ.get("CI"):
             pytest.fail(why)
         pytest.skip(why)
@@ -196,7 +196,7 @@ def test_pr_backbone_inception_is_logged_under_other_names(installed, tmp_path):
 
     test = reference_uint8(load_dataset(DataConfig(name="digits"), "test"))
     cfg = M.MetricsConfig(backbone="inception-vgg16", pr_backbone="inception", kid_subsets=5)
-    out = M.compute_metrics(test[:20], test[20:40], dataset="digits", cfg=cfg, cache_dir=tmp_path)
+    out = M.compute_metrics(test[:12], test[12:24], dataset="digits", cfg=cfg, cache_dir=tmp_path)
     assert "precision" not in out and "recall" not in out
     assert 0.0 <= out["precision_inception"] <= 1.0 and 0.0 <= out["recall_inception"] <= 1.0
     assert "not the papers' VGG16" in out["backbone_prc"]
