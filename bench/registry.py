@@ -219,8 +219,8 @@ def evaluation_prerequisites(cfg: RunConfig, *, allow_download: bool = True) -> 
         return problems
     m = cfg.eval.metrics
     sets = (m.sets,) if isinstance(m.sets, str) else tuple(m.sets)
-    key = (cfg.data.name, sets, m.backbone, m.inception_weights, m.vgg16_weights, m.dinov2_model, m.dinov2_weights,
-           get_dir(), allow_download)
+    key = (cfg.data.name, sets, m.backbone, m.inception_weights, m.vgg16_weights, m.pr_backbone, m.dinov2_model,
+           m.dinov2_weights, get_dir(), allow_download)
     if metrics_prerequisites(m, cfg.data.name, allow_download=False) and key in _PREREQUISITE_FAILURES:
         return problems + _PREREQUISITE_FAILURES[key]  # still missing: the download failed a moment ago
     missing = metrics_prerequisites(m, cfg.data.name, allow_download=allow_download)
@@ -249,10 +249,26 @@ def train_hash(cfg: RunConfig) -> str:
                         "train": d["train"]})
 
 
+# Config keys added after runs were logged, with the value every earlier run had: a config that holds that value
+# hashes as it did before the key existed, so its FINISHED runs are still found (and not trained again).
+HASH_NEUTRAL_KEYS: dict[str, Any] = {"eval.metrics.pr_backbone": "vgg16"}
+
+
+def _without_neutral_keys(d: dict) -> dict:
+    for dotted, value in HASH_NEUTRAL_KEYS.items():
+        *path, last = dotted.split(".")
+        node = d
+        for k in path:
+            node = node.get(k, {})
+        if node.get(last, object()) == value:
+            del node[last]
+    return d
+
+
 def job_hash(cfg: RunConfig) -> str:
     """Identifies a job: the whole resolved config, with the family in place of the variant's name (two names
-    for one configuration are one job)."""
-    return config_hash({**to_dict(cfg), "variant": family(cfg).name})
+    for one configuration are one job); keys at their :data:`HASH_NEUTRAL_KEYS` value are left out."""
+    return config_hash(_without_neutral_keys({**to_dict(cfg), "variant": family(cfg).name}))
 
 
 if __name__ == "__main__":  # `python -m bench.registry list|show`: served by the module that describes

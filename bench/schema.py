@@ -16,8 +16,11 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 SCORE_KEYS: dict[str, tuple[str, ...]] = {
     "paper": ("fid", "kid_mean", "kid_std", "precision", "recall"),
     "dinov2": ("fd_dinov2", "precision_dinov2", "recall_dinov2", "density_dinov2", "coverage_dinov2"),
+    # Inception-v3 features on any data set; precision/recall also come from the paper set with pr_backbone: inception
+    "inception": ("fid_inception", "kid_inception_mean", "kid_inception_std", "precision_inception",
+                  "recall_inception"),
 }
-QUALITY_METRICS: tuple[str, ...] = SCORE_KEYS["paper"] + SCORE_KEYS["dinov2"]
+QUALITY_METRICS: tuple[str, ...] = SCORE_KEYS["paper"] + SCORE_KEYS["dinov2"] + SCORE_KEYS["inception"]
 
 # The distance measured during training (eval.every_steps), per set: FID when the paper set is on.
 INTERMEDIATE_METRICS: dict[str, str] = {"paper": "fid_intermediate", "dinov2": "fd_dinov2_intermediate"}

@@ -102,8 +102,8 @@ def _client(uri: str | None):
 
 _BASE_COLUMNS = ["run_id", "run_name", "experiment", "start_time", "status", "variant", "dataset", "scale",
                  "family", "paper", "published_row", "seed", "parent_run_id", "grid", "backbone", "backbone_fid",
-                 "implementation", "samples", "timing_device", "timing_batch", "timing_repeats", "timing_warmup",
-                 "protocol", "params", "dinov2_model", "backbone_dinov2"]
+                 "backbone_prc", "implementation", "samples", "timing_device", "timing_batch", "timing_repeats",
+                 "timing_warmup", "protocol", "params", "dinov2_model", "backbone_dinov2"]
 
 
 def scope_label(experiment: str | None) -> str:
@@ -180,6 +180,7 @@ def _record(run, experiment: str) -> dict | None:
         "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else seed,
         "parent_run_id": tags.get("mlflow.parentRunId", ""), "grid": tags.get("grid", ""),
         "backbone": proto.backbone, "backbone_fid": tags.get("metric_backbone_fid", ""),
+        "backbone_prc": tags.get("metric_backbone_prc", ""),  # VGG16, the FID's backbone, or "not measured: ..."
         "implementation": tags.get("metric_implementation", ""), "samples": proto.samples,
         "timing_device": proto.timing_device, "timing_batch": proto.timing_batch,
         "timing_repeats": params.get("eval.timing.repeats", "?"),
@@ -234,7 +235,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
                "scale": first["scale"], "family": first["family"], "published_row": first["published_row"],
                "n": len(g), "seeds": sorted(g["seed"].tolist(), key=str), "run_ids": g["run_id"].tolist(),
                "experiments": sorted(set(g["experiment"])),
-               "params": first["params"], "backbone_fid": first["backbone_fid"],
+               "params": first["params"], "backbone_fid": first["backbone_fid"], "backbone_prc": first["backbone_prc"],
                "implementation": first["implementation"], "timing_repeats": first["timing_repeats"],
                "timing_warmup": first["timing_warmup"]}
         for m in METRICS:

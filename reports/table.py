@@ -223,8 +223,13 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_r
     if protocol is None:
         return lines
     uniq = lambda col: ", ".join(sorted({str(v) for v in agg[col] if str(v)})) or "?"  # noqa: E731
-    lines.append(f"Measured protocol: data set {protocol.dataset}, scale {protocol.scale}; FID/KID/precision/recall "
-                 f"with {uniq('backbone_fid')} ({uniq('implementation')}) on {protocol.samples} generated samples; "
+    # Precision/recall in another backbone than FID (VGG16 beside Inception), or not measured: said separately.
+    prc = uniq("backbone_prc") if "backbone_prc" in agg else "?"
+    same = prc in ("?", uniq("backbone_fid"))
+    lines.append(f"Measured protocol: data set {protocol.dataset}, scale {protocol.scale}; "
+                 f"{'FID/KID/precision/recall' if same else 'FID/KID'} with {uniq('backbone_fid')} "
+                 f"({uniq('implementation')}) on {protocol.samples} generated samples; "
+                 + ("" if same else f"precision/recall: {prc}; ") +
                  f"sampling time = mean seconds per batch of {protocol.timing_batch}, {uniq('timing_repeats')} "
                  f"timed runs after {uniq('timing_warmup')} warm-up runs, on {protocol.timing_device}.")
     runs = (f"Runs: {n_runs} FINISHED run{'' if n_runs == 1 else 's'} in {_experiments_text(agg)}, the latest per "

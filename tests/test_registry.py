@@ -128,6 +128,19 @@ def test_hashes_are_stable_and_ddim_reuses_ddpm_training():
     assert (d.eval.sampler, d.eval.steps, d.eval.spacing) == ("ddim", 50, "quadratic")
 
 
+def test_job_and_training_hashes_are_those_runs_were_logged_with():
+    """The hashes of b62ae37 (before the family modules and eval.metrics.pr_backbone): finished runs are found by
+    them, checkpoints by the training hash. A change to either orphans every run a user has."""
+    for (variant, dataset, scale), (job, train) in {
+            ("wavediff", "digits", "tiny"): ("0d0eedd7a0cd86b4", "c50331a7658f7c17"),
+            ("ddpm", "cifar10", "paper"): ("1bd90f1f5f4b93d5", "f3f976daa0b4ef09"),
+            ("dvdp", "digits", "tiny"): ("f8bd6e0e57500043", "9be7a2796b042ba2")}.items():
+        cfg = registry.resolve({"variant": variant, "dataset": dataset, "scale": scale}, check_paths=False)
+        assert (registry.job_hash(cfg), registry.train_hash(cfg)) == (job, train), variant
+    other = registry.resolve({"variant": "wavediff", "eval.metrics.pr_backbone": "inception"})
+    assert registry.job_hash(other) != "0d0eedd7a0cd86b4"  # a non-default value of a newer key is another job
+
+
 def test_list_command_json():
     out = subprocess.run([sys.executable, "-m", "bench.registry", "list", "--dataset", "cifar10", "--json"],
                          capture_output=True, text=True, check=True).stdout

@@ -49,6 +49,8 @@ class PerfConfig:
     overhead_steps: int = 20          # timed steps per arm and round (~10 values per step: one buffered flush
                                       #   inside, plus the flush that ends the window)
     metrics_samples: int = 1000       # generated samples per compute_metrics call (digits)
+    extraction_images: int = 200      # images per timed feature extraction of section 4c (Inception-v3 on 2 CPU
+                                      #   cores: about 0.1 s per image), reported per 1,000
     threads: int | None = None        # torch.set_num_threads (None: leave as is, e.g. OMP_NUM_THREADS)
     train_precisions: tuple[str, ...] = ("fp32",)  # training arms (fp32 and bf16 on GPUs)
     ddpm_loop_steps: int = 50         # denoiser calls of the DDPM loop timed with and without CUDA graphs
@@ -58,7 +60,7 @@ def quick_config(**over) -> PerfConfig:
     """The ``--quick`` preset: every code path, at sizes that run in well under a minute on 2 CPU cores."""
     base = dict(quick=True, scale="tiny", repeats=2, sampler_repeats=2, warmup=1, sample_batch=8, train_batch=4,
                 train_warmup=1, train_steps=2, haar_repeats=5, haar_min_time_s=0.005, overhead_batch=8,
-                overhead_warmup=1, overhead_steps=5, metrics_samples=200, ddpm_loop_steps=5)
+                overhead_warmup=1, overhead_steps=5, metrics_samples=200, extraction_images=16, ddpm_loop_steps=5)
     base.update(over)
     return PerfConfig(**base)
 

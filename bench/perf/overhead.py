@@ -111,7 +111,7 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
     out["metrics"] = {"samples": n, "reference": len(ref), "rounds": pc.repeats, "warmup": warm,
                       "s_per_call": summarize(times), "s_per_1000": summarize([t * 1000 / n for t in times]),
                       "scaled": n != 1000, "kid_subsets": mcfg.kid_subsets}
-    out["extraction"] = _extraction(gen, device, pc)
+    out["extraction"] = _extraction(gen[:pc.extraction_images], device, pc)
     return out
 
 
