@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.data import DataConfig
 from bench.evaluate import TimingConfig
-from bench.metrics import MetricsConfig
+from bench.metrics_config import MetricsConfig
 
 __all__ = ["EvalConfig", "RunConfig", "ConfigError", "apply_overrides", "config_hash", "unflatten",
            "to_dict", "canonical"]

@@ -30,7 +30,8 @@ from bench.data import InMemoryImages, dataset_fingerprint, load_dataset, resolv
 from bench.distributed import SINGLE, DistContext, rank_seed
 from bench.evaluate import (NFECounter, count_flops, count_params, device_description, eval_mode, resolve_device,
                             time_sampler)
-from bench.metrics import compute_metrics, reference_images, resolve_backbone
+from bench.metrics import compute_metrics, reference_images
+from bench.metrics_config import metric_sets, resolve_backbone
 from bench.sampling import EvalSampler
 from bench.schema import INTERMEDIATE_METRICS, SAMPLING_KEYS, SCORE_KEYS
 from bench.tracking import (REPO_ROOT, NullTracker, Tracker, TrackingError, dataset_input, flatten, not_found,
@@ -151,8 +152,7 @@ def evaluate(cfg: RunConfig, system, device: torch.device, progress: Callable[[s
 
 
 def _metric_sets(cfg: RunConfig) -> tuple[str, ...]:
-    sets = cfg.eval.metrics.sets
-    return (sets,) if isinstance(sets, str) else tuple(sets)
+    return metric_sets(cfg.eval.metrics)
 
 
 def intermediate_metric(cfg: RunConfig) -> tuple[str, str]:

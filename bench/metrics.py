@@ -38,17 +38,12 @@ its weights' fingerprint). The metrics themselves are pure functions of features
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
@@ -58,7 +53,11 @@ from bench import inception as inception_net
 from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TIMEOUT_S, INCEPTION, VGG16,
                              DinoV2Arch, DinoV2FeatureExtractor, DinoV2ViT, MetricsError, Weights, file_fingerprint,
                              load_dinov2, locate_weights, register_dinov2_model, weights_file)
-from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8, to_signed_unit
+from bench.backbones import (CLASSIFIER_VERSION, DIGITS_EXTRACTOR, DigitClassifier, DigitsFeatureExtractor,  # noqa: F401
+                             default_cache_dir, digits_classifier, digits_classifier_path)
+from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
+from bench.metrics_config import (BACKBONES, METRIC_SETS, PR_BACKBONES, MetricsConfig, metric_sets,  # noqa: F401
+                                  resolve_backbone)
 from bench.schema import SCORE_KEYS
 
 __all__ = [
@@ -71,39 +70,13 @@ __all__ = [
     "PR_BACKBONES",
 ]
 
-METRIC_SETS = ("paper", "dinov2", "inception")
-BACKBONES = ("auto", "digits-classifier", "inception-vgg16")
-PR_BACKBONES = ("vgg16", "inception")
-DIGITS_EXTRACTOR = "wavebench-digits"
-CLASSIFIER_VERSION = 1  # bump when the architecture, training or feature definition changes
-CLASSIFIER_MIN_ACCURACY = 0.95
-CLASSIFIER_RESOLUTION = 32
 IMPLEMENTATION = f"torch-fidelity {torch_fidelity.__version__}"
-@dataclass
-class MetricsConfig:
-    num_samples: int = 1000             # generated samples per evaluation
-    sets: tuple[str, ...] = ("paper",)  # metric sets: paper (FID/KID/PRC as the papers) | dinov2 (FD-DINOv2, PRDC)
-    #                                     | inception (FID/KID/PRC in Inception-v3 features, beside paper or dinov2)
-    backbone: str = "auto"              # paper set: auto | digits-classifier | inception-vgg16 (auto: digits on digits)
-    inception_weights: str | None = None  # Inception-v3 weights (FID/KID); None = torch hub's cache, where
-    #                                       python -m bench.backbones fetch inception puts them, else a download
-    vgg16_weights: str | None = None    # local torchvision VGG16 state_dict (precision/recall); None = cache/download
-    pr_backbone: str = "vgg16"          # paper set with Inception: precision/recall in vgg16 (the papers'; not
-    #                                     measured when its weights are absent) | inception (precision_inception)
-    kid_subset_size: int = 1000         # KID subset size; lowered to the smaller set size when needed
-    kid_subsets: int = 100              # KID subsets averaged (torch-fidelity's default)
-    prc_neighborhood: int = 3           # k of the k-NN balls in precision/recall
-    dinov2_model: str = "dinov2-vit-l-14"  # dinov2 set: dinov2-vit-s-14 | -b-14 | -l-14 | -g-14 (torch-fidelity's)
-    dinov2_weights: str | None = None   # dinov2 set: the hub model's state_dict file, or a torch hub dir holding it
-    dinov2_neighborhood: int = 5        # dinov2 set: k of precision/recall/density/coverage (dgm-eval's nearest_k)
-    batch_size: int = 200               # feature-extraction batch size
-    reference_split: str = "train"      # data split the generated samples are compared against
 
 
 def check_metrics_config(cfg: MetricsConfig, check_files: bool = True) -> list[str]:
     """Problems with a metrics config, found without computing anything."""
     problems = []
-    sets = _sets(cfg)
+    sets = metric_sets(cfg)
     if not sets:
         problems.append(f"eval.metrics.sets is empty; choose at least one of: {', '.join(METRIC_SETS)}")
     for name in sets:
@@ -145,206 +118,9 @@ def check_metrics_config(cfg: MetricsConfig, check_files: bool = True) -> list[s
     return problems
 
 
-def _sets(cfg: MetricsConfig) -> tuple[str, ...]:
-    return (cfg.sets,) if isinstance(cfg.sets, str) else tuple(cfg.sets)
-
-
-def default_cache_dir() -> Path:
-    """``$WAVEBENCH_CACHE`` if set, else ``<repo>/.cache/wavebench``."""
-    env = os.environ.get("WAVEBENCH_CACHE")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / ".cache" / "wavebench"
-
-
-def resolve_backbone(backbone: str, dataset: str) -> str:
-    if backbone not in BACKBONES:
-        raise ValueError(f"eval.metrics.backbone={backbone!r} is not a backbone; valid: {', '.join(BACKBONES)}")
-    if backbone == "auto":
-        return "digits-classifier" if dataset == "digits" else "inception-vgg16"
-    return backbone
-
-
 def reference_images(data: DataConfig, cfg: MetricsConfig) -> torch.Tensor:
     """The uint8 images (N, C, H, W) that generated samples are compared against."""
     return reference_uint8(load_dataset(data, cfg.reference_split))
-
-
-# ------------------------------------------------------------------------------------ digit classifier
-
-class DigitClassifier(nn.Module):
-    """Three conv blocks on 16x16 grey input (the 8x8 digits carry no finer detail) and a 128-unit layer.
-
-    Its features are that layer's pre-activations (no unit is dead), times ``feature_scale``, which training
-    sets so that they have unit RMS over the train split (KID's polynomial kernel assumes O(1) features).
-    """
-
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), feature_dim: int = 128, num_classes: int = 10):
-        super().__init__()
-        c1, c2, c3 = widths
-        self.convs = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 16 -> 8
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8 -> 4
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4 -> 2
-        )
-        self.fc = nn.Linear(c3 * 4, feature_dim)
-        self.head = nn.Linear(feature_dim, num_classes)
-        self.register_buffer("feature_scale", torch.ones(()))
-
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, 32, 32) in [-1, 1] -> (B, feature_dim)."""
-        return self.fc(self.convs(F.avg_pool2d(x, 2)).flatten(1))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pre_activation(x) * self.feature_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.pre_activation(x)))
-
-
-def _uint8_to_classifier_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W), C in {1, 3} -> grey float (B, 1, 32, 32) in [-1, 1]."""
-    x = x.float().mean(dim=1, keepdim=True)
-    if x.shape[-2:] != (CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION):
-        x = F.interpolate(x, size=(CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION), mode="bilinear",
-                          antialias=True, align_corners=False)
-    return to_signed_unit(x)  # the pixel convention of training (a float input here: grey levels, resized)
-
-
-def _state_fingerprint(state: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
-
-
-def _train_digits_classifier(seed: int = 0, epochs: int = 15, batch: int = 64, lr: float = 3e-3):
-    """Train on the digits train split (seeded, random shifts of up to 2 px); return (model, test accuracy).
-
-    Runs on one CPU thread: the layers are too small to gain from more, and the result then does not depend
-    on the machine's core count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG state untouched
-            return _train_digits_classifier_body(seed, epochs, batch, lr)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_digits_classifier_body(seed: int, epochs: int, batch: int, lr: float):
-    data = DataConfig(name="digits", resolution=CLASSIFIER_RESOLUTION)
-    train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    x_train = _uint8_to_classifier_input(reference_uint8(train))
-    y_train = train.labels
-    x_test, y_test = _uint8_to_classifier_input(reference_uint8(test)), test.labels
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = DigitClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * -(-len(x_train) // batch))
-    pad = 2
-    padded = F.pad(x_train, (pad,) * 4, value=-1.0)
-    n, size = len(x_train), CLASSIFIER_RESOLUTION
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-        for i in range(0, n, batch):
-            idx = perm[i:i + batch]
-            xb = torch.stack([padded[j, :, dy:dy + size, dx:dx + size]
-                              for j, (dy, dx) in zip(idx.tolist(), shifts[idx].tolist())])
-            loss = F.cross_entropy(model(xb), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        model.feature_scale.fill_(model.pre_activation(x_train).square().mean().rsqrt().item())
-        accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return model, accuracy
-
-
-TRAINING_RUNS = 0  # trainings done by this process (the cache is reused otherwise)
-
-
-def digits_classifier_path(cache_dir: str | Path | None = None) -> Path:
-    """The cached classifier checkpoint, training it first (a few seconds on CPU) when absent or outdated."""
-    path = Path(cache_dir or default_cache_dir()) / f"digits_classifier_v{CLASSIFIER_VERSION}.pt"
-    if path.is_file():
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if ckpt.get("version") == CLASSIFIER_VERSION and ckpt.get("test_accuracy", 0) >= CLASSIFIER_MIN_ACCURACY:
-                return path
-        except Exception:  # unreadable or partial file: retrain
-            pass
-    global TRAINING_RUNS
-    TRAINING_RUNS += 1
-    model, accuracy = _train_digits_classifier()
-    if accuracy < CLASSIFIER_MIN_ACCURACY:
-        raise MetricsError(f"digits classifier reached test accuracy {accuracy:.4f} < {CLASSIFIER_MIN_ACCURACY}")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ckpt = {"version": CLASSIFIER_VERSION, "state_dict": state, "test_accuracy": accuracy,
-            "fingerprint": _state_fingerprint(state), "resolution": CLASSIFIER_RESOLUTION}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: concurrent jobs never see a partial file
-    return path
-
-
-def digits_classifier(cache_dir: str | Path | None = None) -> tuple[DigitClassifier, dict]:
-    """The cached classifier in eval mode, and its checkpoint info (version, test_accuracy, fingerprint)."""
-    ckpt = torch.load(digits_classifier_path(cache_dir), map_location="cpu", weights_only=True)
-    model = DigitClassifier()
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval().requires_grad_(False)
-    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
-
-
-class DigitsFeatureExtractor(torch_fidelity.FeatureExtractorBase):
-    """torch-fidelity extractor over :class:`DigitClassifier`; weights = the cached checkpoint path."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        if feature_extractor_weights_path is None:
-            raise MetricsError(f"feature extractor {DIGITS_EXTRACTOR!r} needs feature_extractor_weights_path "
-                               "(see bench.metrics.digits_classifier_path)")
-        ckpt = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-        self.net = DigitClassifier()
-        self.net.load_state_dict(ckpt["state_dict"])
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] in (1, 3)):
-            raise ValueError(f"expected uint8 (B, 3, H, W) images, got {getattr(x, 'dtype', type(x))} "
-                             f"{tuple(getattr(x, 'shape', ()))}")
-        pre = self.net.pre_activation(_uint8_to_classifier_input(x))
-        out = {"penultimate": pre * self.net.feature_scale, "logits": self.net.head(F.relu(pre))}
-        return tuple(out[name] for name in self.features_list)
-
-    @staticmethod
-    def get_provided_features_list():
-        return "penultimate", "logits"
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return "penultimate"
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, CLASSIFIER_RESOLUTION, CLASSIFIER_RESOLUTION, dtype=torch.uint8)
-
-
-if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-    torch_fidelity.register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
 
 
 # ------------------------------------------------------------------------------------ weights files
@@ -370,7 +146,7 @@ def _needed_weights(cfg: MetricsConfig, dataset: str) -> list[tuple[Weights, str
     when ``vgg16_weights`` names a file: otherwise precision/recall use it when it can be had and are reported as
     not measured when not (:func:`_vgg16_or_reason`)."""
     out = []
-    sets = _sets(cfg)
+    sets = metric_sets(cfg)
     paper_inception = ("paper" in sets and cfg.backbone in BACKBONES
                        and resolve_backbone(cfg.backbone, dataset) == "inception-vgg16")
     if paper_inception or "inception" in sets:
@@ -676,7 +452,7 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
     problems = check_metrics_config(cfg, check_files=False)  # missing weights: MetricsError below
     if problems:
         raise ValueError("; ".join(problems))
-    sets = _sets(cfg)
+    sets = metric_sets(cfg)
     gen_ds, ref_ds = _Uint8Images(generated), _Uint8Images(reference)
     n, m = len(gen_ds), len(ref_ds)
     ks = {"prc_neighborhood": cfg.prc_neighborhood} if {"paper", "inception"} & set(sets) else {}

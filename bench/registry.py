@@ -25,6 +25,7 @@ from bench.config import (ConfigError, EvalConfig, RunConfig, apply_overrides, c
 from bench.data import DATASET_PRESETS, check_data_config, dataset_channels
 from bench.families import DIFFUSION, DVDP, FAMILIES, GAN, Family, diffusion, dvdp, gan  # noqa: F401
 from bench.metrics import check_metrics_config
+from bench.metrics_config import metric_sets
 from bench.schema import PRECISIONS
 from bench.train import check_train_config
 
@@ -218,7 +219,7 @@ def evaluation_prerequisites(cfg: RunConfig, *, allow_download: bool = True) -> 
     if not cfg.eval.quality:
         return problems
     m = cfg.eval.metrics
-    sets = (m.sets,) if isinstance(m.sets, str) else tuple(m.sets)
+    sets = metric_sets(m)
     key = (cfg.data.name, sets, m.backbone, m.inception_weights, m.vgg16_weights, m.pr_backbone, m.dinov2_model,
            m.dinov2_weights, get_dir(), allow_download)
     if metrics_prerequisites(m, cfg.data.name, allow_download=False) and key in _PREREQUISITE_FAILURES:

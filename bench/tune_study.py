@@ -13,6 +13,7 @@ from typing import Any
 
 from bench import registry
 from bench.config import ConfigError, apply_overrides, to_dict, unflatten
+from bench.metrics_config import metric_sets
 from bench.schema import INTERMEDIATE_METRICS, OBJECTIVE_METRICS, QUALITY_METRICS, RENAMED_METRICS, SCORE_KEYS
 from bench.submit import EXECUTORS, find_experiment_file, load_cluster, read_yaml
 from bench.tracking import REPO_ROOT
@@ -225,7 +226,7 @@ def validate(tc: TuneConfig) -> list[str]:
             if m in QUALITY_METRICS and not cfg.eval.quality:
                 p.append(f"objective.metric {m!r} needs base eval.quality: true")
 
-            sets = (cfg.eval.metrics.sets,) if isinstance(cfg.eval.metrics.sets, str) else tuple(cfg.eval.metrics.sets)
+            sets = metric_sets(cfg.eval.metrics)
             for name, keys in SCORE_KEYS.items():
                 if m in keys and name not in sets:
                     p.append(f"objective.metric {m!r} is a score of the {name!r} metric set: add {name!r} to base "

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import backbones as B
 from bench import metrics as M
 from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
 from conftest import online
@@ -29,9 +30,9 @@ def digits():
 
 @pytest.fixture(scope="module")
 def classifier_path(cache):
-    runs = M.TRAINING_RUNS
+    runs = B.TRAINING_RUNS
     path = M.digits_classifier_path(cache)
-    assert M.TRAINING_RUNS == runs + 1  # a fresh cache dir trains once
+    assert B.TRAINING_RUNS == runs + 1  # a fresh cache dir trains once
     return path
 
 
@@ -56,9 +57,9 @@ def test_classifier_accuracy_and_cache_reuse(cache, classifier_path):
     assert accuracy >= 0.95
     assert accuracy == pytest.approx(info["test_accuracy"], abs=1e-6)
 
-    runs, mtime = M.TRAINING_RUNS, classifier_path.stat().st_mtime_ns
+    runs, mtime = B.TRAINING_RUNS, classifier_path.stat().st_mtime_ns
     assert M.digits_classifier_path(cache) == classifier_path
-    assert M.TRAINING_RUNS == runs and classifier_path.stat().st_mtime_ns == mtime
+    assert B.TRAINING_RUNS == runs and classifier_path.stat().st_mtime_ns == mtime
 
 
 def test_fid_orders_self_real_noise(results):

@@ -245,6 +245,10 @@ def test_the_registry_does_not_import_what_describes_it():
     code = "import sys, bench.registry; print('bench.describe' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+    # Reading a config imports no metric library (MetricsConfig is torch-free, bench.metrics_config).
+    code = "import sys, bench.config; print(sorted({'torch_fidelity', 'scipy', 'bench.metrics'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
     shown = subprocess.run([sys.executable, "-m", "bench.registry", "show", "wavediff", "--dataset", "digits",
                             "--scale", "tiny"], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0 and shown.stdout.startswith("wavediff: "), shown.stderr
