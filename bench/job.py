@@ -261,8 +261,7 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
                 p.unlink()
             run_file.unlink(missing_ok=True)
         (workdir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    tracker = (open_job_run(cfg, jh, th, experiment, parent_run_id, tags, run_file, str(resolve_device(cfg.device)))
-               if dist.is_main else NullTracker())
+    tracker = open_job_run(cfg, jh, th, experiment, parent_run_id, tags, run_file) if dist.is_main else NullTracker()
     dist.barrier()  # the other ranks start once rank 0 has cleared old checkpoints (--force)
 
     try:
@@ -340,10 +339,12 @@ def pending_metrics_file(run_file: Path) -> Path:
 
 
 def open_job_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_id: str | None, tags: dict | None,
-                 run_file: Path, device: str) -> Tracker:
+                 run_file: Path, device: str | None = None) -> Tracker:
     """What a job writes to the store at its start: continue this job's MLflow run (job hash ``jh``, training hash
     ``th``) if an earlier attempt left one unfinished, else start one with the job's tags; then its params (the
-    flattened resolved config). Its data sets are logged once they are loaded (:meth:`Tracker.log_datasets`)."""
+    flattened resolved config; a resumed run that would change one is marked FAILED). ``device``: the tag, by
+    default the device ``cfg.device`` resolves to. Its data sets are logged once they are loaded
+    (:meth:`Tracker.log_datasets`)."""
     variant = registry.VARIANTS[cfg.variant]
     tracker = None
     if run_file.exists():
@@ -359,7 +360,7 @@ def open_job_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_i
         tracker = Tracker.start(experiment, run_name=f"{cfg.variant}-{cfg.dataset}-{jh[:6]}", parent_run_id=parent_run_id,
                                 tags={"variant": cfg.variant, "dataset": cfg.dataset, "scale": cfg.scale,
                                       "family": variant.family.name, "paper": variant.paper, "job_hash": jh,
-                                      "train_hash": th, "device": device,
+                                      "train_hash": th, "device": device or str(resolve_device(cfg.device)),
                                       "published_row": variant.published_row or "",
                                       "metric_backbone": resolve_backbone(cfg.eval.metrics.backbone, cfg.data.name),
                                       **({"processes": str(cfg.processes)} if cfg.processes > 1 else {}),
@@ -369,7 +370,11 @@ def open_job_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_i
         run_file.write_text(json.dumps({"run_id": tracker.run_id, "tracking_uri": tracking_uri()}))
     elif tags:
         tracker.set_tags(tags)
-    tracker.log_params(flatten(cfg))
+    try:
+        tracker.log_params(flatten(cfg))
+    except ValueError as e:  # a param the earlier attempt logged differently: this is not the same job
+        tracker.fail(f"{type(e).__name__}: {e}")
+        raise
     return tracker
 
 
