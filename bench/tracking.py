@@ -97,7 +97,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 # ============================================================================================== writes
 
-WRITE_TRIES = 8  # attempts of one write that lost a race or found the store busy (~6 s of back-off in all)
+WRITE_TRIES = 8  # attempts of one write that lost a race or found the store busy (about 7 s of back-off in all)
 
 # How stores say that a row keyed by name was inserted by someone else between our look-up and our insert
 # (SQLite, PostgreSQL, MySQL, MLflow's REST error code), and that they are busy (locks, serialisation).
