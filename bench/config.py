@@ -9,16 +9,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.data import DataConfig
 from bench.evaluate import TimingConfig
 from bench.metrics_config import MetricsConfig
 
-__all__ = ["EvalConfig", "RunConfig", "ConfigError", "apply_overrides", "config_hash", "unflatten",
+__all__ = ["EvalConfig", "InitConfig", "RunConfig", "ConfigError", "apply_overrides", "config_hash", "unflatten",
            "to_dict", "canonical"]
 
 
@@ -49,6 +52,30 @@ class EvalConfig:
 
 
 @dataclass
+class InitConfig:
+    weights: str = ""                # a converted checkpoint (python -m bench.weights convert) the sampling network
+    #                                  starts from ("$VARS" expanded; "" = random initialisation); with
+    #                                  train.max_steps: 0 the job evaluates those weights without training
+
+    def path(self) -> Path:
+        """``weights`` with ``$VARS`` and ``~`` expanded."""
+        return Path(os.path.expandvars(self.weights)).expanduser()
+
+    def problems(self) -> list[str]:
+        """What is wrong with ``weights`` as a file, found before any work starts."""
+        if not self.weights:
+            return []
+        unset = [v for v in re.findall(r"\$\{?(\w+)\}?", self.weights) if v not in os.environ]
+        if unset:
+            return [f"init.weights={self.weights}: the environment variable(s) {', '.join(unset)} are not set "
+                    "(the folder of the converted checkpoints: python -m bench.weights convert SOURCE FILE --out DIR)"]
+        if not self.path().is_file():
+            return [f"init.weights={self.weights}: {self.path()} is not a file; convert the public checkpoint with "
+                    "python -m bench.weights convert SOURCE FILE --out DIR (python -m bench.weights list names them)"]
+        return []
+
+
+@dataclass
 class RunConfig:
     variant: str                     # a name in bench.registry.VARIANTS
     dataset: str = "digits"          # a name in bench.registry.DATASET_PRESETS
@@ -60,6 +87,7 @@ class RunConfig:
     model: Any = None                # the variant family's model dataclass
     train: Any = None                # the variant family's training dataclass
     eval: EvalConfig = field(default_factory=EvalConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 # --------------------------------------------------------------------------------------------- overrides

@@ -273,6 +273,8 @@ def run_job(cfg: RunConfig, *, experiment: str = "wavebench", parent_run_id: str
             tracker.set_tags({"system_metrics": tracker.start_system_metrics(
                 resume="system_metrics" in tracker.tags())})
         system, stream, device = setup_training(cfg, dist)
+        if system.init_tags:  # the weights the job starts from (the papers' public ones: file and sha256)
+            tracker.set_tags(system.init_tags)
         tracker.log_datasets([_training_input(cfg, stream.ds)])
 
         # Train (or resume; evaluation-only variants find their trained checkpoint in the same directory).
@@ -319,12 +321,69 @@ def _after_store_failure(e: TrackingError, tracker: Tracker, workdir: Path, run_
     return e.keeping(kept + "; run the grid again to resume the job and write them")
 
 
+def load_init_weights(cfg: RunConfig, system) -> dict | None:
+    """Load ``init.weights`` (a suite checkpoint: ``python -m bench.weights convert``'s output, or a job's
+    ``final.pt``) into the system's sampling network and every module with its layout (a GAN's G and its EMA copy),
+    strictly. The checkpoint's variant family, data set and model config must be the job's. Returns what the run
+    records about the weights (tags), or None without ``init.weights``."""
+    if not cfg.init.weights:
+        return None
+    problems = cfg.init.problems()
+    if problems:
+        raise ConfigError(problems)
+    path, where = cfg.init.path(), f"init.weights={cfg.init.weights}"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or not {"version", "config", "state_dict"} <= set(ckpt):
+        raise ConfigError([f"{where}: not a wavebench checkpoint (a dict with version, config and state_dict: what "
+                           "python -m bench.weights convert writes, or a job's final.pt)"])
+    if ckpt["version"] != CHECKPOINT_VERSION:
+        raise ConfigError([f"{where}: checkpoint format version {ckpt['version']}, this code reads "
+                           f"{CHECKPOINT_VERSION}; convert the file again"])
+    theirs, ours = ckpt["config"], to_dict(cfg)
+    problems = []
+    if theirs.get("variant") not in registry.VARIANTS or \
+            registry.VARIANTS[theirs["variant"]].family is not registry.family(cfg):
+        problems.append(f"{where} holds a {theirs.get('variant')!r} network, the job is {cfg.variant!r} (another "
+                        "family)")
+    if theirs.get("dataset") != cfg.dataset:
+        problems.append(f"{where} was made for data set {theirs.get('dataset')!r}, the job's is {cfg.dataset!r}")
+    diff = sorted(k for k in set(flatten(theirs.get("model") or {})) | set(flatten(ours["model"]))
+                  if flatten(theirs.get("model") or {}).get(k) != flatten(ours["model"]).get(k))
+    if diff and not problems:
+        a, b = flatten(theirs.get("model") or {}), flatten(ours["model"])
+        problems.append(f"{where}: the checkpoint's model config differs from the job's at "
+                        + ", ".join(f"model.{k} ({a.get(k, 'absent')} there, {b.get(k, 'absent')} here)"
+                                    for k in diff[:5])
+                        + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+                        + "; set the job's model keys as the checkpoint's config has them")
+    if problems:
+        raise ConfigError(problems)
+    sd = ckpt["state_dict"]
+    net = system.sampling_network
+    targets = [m for m in system.modules().values() if m is net or set(m.state_dict()) == set(net.state_dict())]
+    for m in targets:
+        try:
+            m.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise ConfigError([f"{where}: the weights do not fit the job's network: {e}"]) from None
+    src = ckpt.get("source") or {}
+    tags = {"init_weights": cfg.init.weights}
+    if ckpt.get("kind") == "public-weights":
+        tags.update({"weights_source": str(src.get("name", "")), "weights_sha256": str(src.get("sha256", "")),
+                     "weights_file": str(src.get("file", "")), "weights_where": str(src.get("where", "")),
+                     "weights_published_fid": "" if src.get("published_fid") is None else str(src["published_fid"])})
+    return tags
+
+
 def setup_training(cfg: RunConfig, dist: DistContext = SINGLE) -> tuple[object, BatchStream, torch.device]:
-    """This rank's device, the system (the same initial weights on every rank), this rank's RNG seeds and its
-    stream of training batches."""
+    """This rank's device, the system (the same initial weights on every rank: ``init.weights`` when set), this
+    rank's RNG seeds and its stream of training batches. What the run records about ``init.weights`` is in
+    ``system.init_tags``."""
     device = dist.device(resolve_device(cfg.device))
     seed_everything(cfg.seed)
-    system = registry.build(cfg).to(device)
+    system = registry.build(cfg)
+    system.init_tags = load_init_weights(cfg, system)
+    system = system.to(device)
     if dist.enabled:
         seed_everything(rank_seed(cfg.seed, dist.rank))  # each rank draws its own noise
     stream = BatchStream(load_dataset(cfg.data, "train"), cfg.train.batch_size, cfg.seed, rank=dist.rank,
@@ -380,13 +439,15 @@ def open_job_run(cfg: RunConfig, jh: str, th: str, experiment: str, parent_run_i
 
 def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: Tracker, device: torch.device,
             jh: str, th: str, progress: bool, out_dir: str | Path | None) -> JobResult:
-    """Rank 0 after training: training metrics, evaluation, artifacts, FINISHED."""
+    """Rank 0 after training: training metrics, evaluation, artifacts, FINISHED. A job that trained no step (the
+    evaluation of ``init.weights``) logs no training metric: absent, not zero."""
     train_metrics = {
         "train_steps": result.step, "train_epochs": result.epoch, "train_wall_clock_s": result.wall_clock_s,
         "train_images_per_s": result.images_per_s,
         "train_s_per_epoch": n_train / result.images_per_s if result.images_per_s > 0 else float("nan"),
-    }
-    tracker.log_metrics(train_metrics, step=result.step)
+    } if result.step > 0 else {}
+    if train_metrics:
+        tracker.log_metrics(train_metrics, step=result.step)
 
     # Evaluate.
     say = (lambda s: print(f"[{cfg.variant}] {s}", flush=True)) if progress else (lambda s: None)
@@ -402,7 +463,8 @@ def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: 
                       "timing_threads": protocol.get("timing_torch_threads", ""),
                       "eval_precision": protocol["sampler_precision"],
                       "sampler_cuda_graphs": protocol["sampler_cuda_graphs"],
-                      "train_precision": cfg.train.precision})
+                      "train_precision": cfg.train.precision,
+                      "metric_sample_format": cfg.eval.metrics.sample_format})
     split = cfg.eval.metrics.reference_split
     if "metrics_reference_digest" in protocol and split != "train":  # the training split is logged already
         kind, source = _dataset_source(cfg)
@@ -419,9 +481,12 @@ def _finish(cfg: RunConfig, system, result: TrainResult, n_train: int, tracker: 
         (d / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         (d / "eval_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         _save_grid(grid, d / "samples.png")
-        torch.save({"version": CHECKPOINT_VERSION, "config": to_dict(cfg),
-                    "state_dict": system.sampling_network.state_dict()}, d / "final.pt")
-        for name in ("config.json", "eval_summary.json", "samples.png", "final.pt"):
+        names = ["config.json", "eval_summary.json", "samples.png"]
+        if result.step > 0 or not cfg.init.weights:  # untrained init weights: the file named by init.weights
+            torch.save({"version": CHECKPOINT_VERSION, "config": to_dict(cfg),
+                        "state_dict": system.sampling_network.state_dict()}, d / "final.pt")
+            names.append("final.pt")
+        for name in names:
             tracker.log_artifact(d / name)
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,11 @@ Metric sets (``eval.metrics.sets``; one job may ask for several, each adds its o
     ``paper`` or ``dinov2`` set (which measures the distance during training): on digits the Inception numbers next
     to the digit classifier's (``make demo``). Keys: fid_inception, kid_inception_mean, kid_inception_std,
     precision_inception, recall_inception, backbone_inception, prc_k, kid_subset_size, kid_subsets.
-All: implementation, num_generated, num_reference.
+All: implementation, num_generated, num_reference, sample_format, reference_split.
+
+``sample_format: jpeg`` reproduces how the papers' published FIDs were computed: each generated sample is saved as a
+JPEG at PIL's default quality (what torchvision's ``save_image`` writes to a ``.jpg`` file) and decoded again before
+its features are extracted (:func:`jpeg_roundtrip`); the reference images are used as they are. Off by default.
 
 Weights (Inception-v3, VGG16, DINOv2) are found in this order: the configured path (``eval.metrics.*_weights``),
 torch hub's cache (``torch.hub.get_dir()/checkpoints``), a download; else a :class:`MetricsError` names the file
@@ -56,7 +60,7 @@ from bench.backbones import (DINOV2_EXTRACTOR_PREFIX, DINOV2_MODELS, DOWNLOAD_TI
 from bench.backbones import (CLASSIFIER_VERSION, DIGITS_EXTRACTOR, DigitClassifier, DigitsFeatureExtractor,  # noqa: F401
                              default_cache_dir, digits_classifier, digits_classifier_path)
 from bench.data import DataConfig, dataset_fingerprint, load_dataset, reference_uint8
-from bench.metrics_config import (BACKBONES, METRIC_SETS, PR_BACKBONES, MetricsConfig, metric_sets,  # noqa: F401
+from bench.metrics_config import (BACKBONES, METRIC_SETS, PR_BACKBONES, SAMPLE_FORMATS, MetricsConfig, metric_sets,  # noqa: F401
                                   resolve_backbone)
 from bench.schema import SCORE_KEYS
 
@@ -109,6 +113,8 @@ def check_metrics_config(cfg: MetricsConfig, check_files: bool = True) -> list[s
         problems.append(f"eval.metrics.batch_size={cfg.batch_size} must be >= 1")
     if cfg.reference_split not in ("train", "test"):
         problems.append(f"eval.metrics.reference_split={cfg.reference_split!r} must be 'train' or 'test'")
+    if cfg.sample_format not in SAMPLE_FORMATS:
+        problems.append(f"eval.metrics.sample_format={cfg.sample_format!r}; valid: {', '.join(SAMPLE_FORMATS)}")
     for key in ("inception_weights", "vgg16_weights"):
         path = getattr(cfg, key)
         if check_files and path is not None and not Path(path).expanduser().is_file():
@@ -441,6 +447,35 @@ def _dinov2_metrics(cfg: MetricsConfig, common: dict, ref_key: str, device: str)
     return scores, {"dinov2_k": k}
 
 
+def jpeg_roundtrip(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) images, each encoded as a JPEG file by PIL at its default quality and decoded: what the
+    papers' samples went through (torchvision's ``save_image(x, "i.jpg")``, then pytorch-fid reading the file). One
+    channel is encoded as greyscale, three as RGB (PIL's default 4:2:0 chroma subsampling)."""
+    import io
+
+    from PIL import Image
+
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"jpeg_roundtrip takes uint8 (N, 1|3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    out = torch.empty_like(images)
+    for i, x in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        buf = io.BytesIO()
+        Image.fromarray(x[..., 0] if x.shape[-1] == 1 else x).save(buf, format="JPEG")  # PIL's default quality
+        y = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+        out[i] = torch.from_numpy(y.reshape(x.shape).copy()).permute(2, 0, 1)
+    return out
+
+
+def sample_format_text(cfg: MetricsConfig) -> str:
+    """The protocol line of ``eval.metrics.sample_format``."""
+    if cfg.sample_format == "jpeg":
+        import PIL
+
+        return (f"jpeg: each generated sample through a JPEG round trip at PIL's default quality (Pillow "
+                f"{PIL.__version__}) before feature extraction, as the papers' published FIDs")
+    return "uint8: the generated samples as they are (no lossy file format)"
+
+
 def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset: str, cfg: MetricsConfig,
                     cache_dir: str | Path | None = None, device: str = "cpu") -> dict:
     """The metric sets ``cfg.sets`` of ``generated`` against ``reference`` (uint8 N,C,H,W); see the module doc.
@@ -453,6 +488,8 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
     if problems:
         raise ValueError("; ".join(problems))
     sets = metric_sets(cfg)
+    if cfg.sample_format == "jpeg":
+        generated = jpeg_roundtrip(generated.cpu())
     gen_ds, ref_ds = _Uint8Images(generated), _Uint8Images(reference)
     n, m = len(gen_ds), len(ref_ds)
     ks = {"prc_neighborhood": cfg.prc_neighborhood} if {"paper", "inception"} & set(sets) else {}
@@ -481,4 +518,5 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
         s, p = _dinov2_metrics(cfg, common, ref_key, device)
         scores.update(s)
         protocol.update(p)
-    return {**scores, "implementation": IMPLEMENTATION, "num_generated": n, "num_reference": m, **protocol}
+    return {**scores, "implementation": IMPLEMENTATION, "num_generated": n, "num_reference": m,
+            "sample_format": sample_format_text(cfg), "reference_split": cfg.reference_split, **protocol}

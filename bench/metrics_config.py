@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["METRIC_SETS", "BACKBONES", "PR_BACKBONES", "MetricsConfig", "metric_sets", "resolve_backbone"]
+__all__ = ["METRIC_SETS", "BACKBONES", "PR_BACKBONES", "SAMPLE_FORMATS", "MetricsConfig", "metric_sets",
+           "resolve_backbone"]
 
 METRIC_SETS = ("paper", "dinov2", "inception")
 BACKBONES = ("auto", "digits-classifier", "inception-vgg16")
 PR_BACKBONES = ("vgg16", "inception")
+# What the generated samples are when their features are extracted: the uint8 images themselves, or each one after
+# a JPEG round trip at PIL's default quality (how the DDGAN / WaveDiff / WDDM papers' FIDs were computed: samples
+# saved as .jpg files by torchvision's save_image, then read back by pytorch-fid).
+SAMPLE_FORMATS = ("uint8", "jpeg")
 
 
 @dataclass
@@ -30,6 +35,8 @@ class MetricsConfig:
     dinov2_neighborhood: int = 5        # dinov2 set: k of precision/recall/density/coverage (dgm-eval's nearest_k)
     batch_size: int = 200               # feature-extraction batch size
     reference_split: str = "train"      # data split the generated samples are compared against
+    sample_format: str = "uint8"        # uint8 (the samples as generated) | jpeg (each through a JPEG round trip at
+    #                                     PIL's default quality first: the papers' published protocol)
 
 
 def metric_sets(cfg: MetricsConfig) -> tuple[str, ...]:

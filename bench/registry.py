@@ -153,7 +153,7 @@ def resolve(job: dict, check_paths: bool = True, allow_derived: bool = False) ->
     frozen = frozenset() if allow_derived else fam.derived_keys
     cfg = apply_overrides(cfg, job, problems=problems, frozen_keys=frozen)
     if check_paths:
-        problems += check_data_config(cfg.data)
+        problems += check_data_config(cfg.data) + cfg.init.problems()
     if not problems:
         try:
             cfg = fam.derive(cfg, dataset_channels(cfg.data))
@@ -241,28 +241,34 @@ def build(cfg: RunConfig):
 
 
 def train_hash(cfg: RunConfig) -> str:
-    """Identifies a training run: what is trained, on what, how (not how it is evaluated or where it runs). The
-    family, not the variant's name: variants that train the same thing (ddpm and its ddim-N evaluations, dvdp and
-    dvdp-tp1) share one training."""
+    """Identifies a training run: what is trained, on what, how, from which weights (not how it is evaluated or
+    where it runs). The family, not the variant's name: variants that train the same thing (ddpm and its ddim-N
+    evaluations, dvdp and dvdp-tp1) share one training."""
     d = to_dict(cfg)
     return config_hash({"family": family(cfg).name, "dataset": cfg.dataset, "scale": cfg.scale,
                         "seed": cfg.seed, "processes": cfg.processes, "data": d["data"], "model": d["model"],
-                        "train": d["train"]})
+                        "train": d["train"], **({"init": d["init"]} if cfg.init.weights else {})})
 
 
 # Config keys added after runs were logged, with the value every earlier run had: a config that holds that value
-# hashes as it did before the key existed, so its FINISHED runs are still found (and not trained again).
-HASH_NEUTRAL_KEYS: dict[str, Any] = {"eval.metrics.pr_backbone": "vgg16"}
+# hashes as it did before the key existed, so its FINISHED runs are still found (and not trained again). A section
+# that only such keys make up (``init``) is left out with them.
+HASH_NEUTRAL_KEYS: dict[str, Any] = {"eval.metrics.pr_backbone": "vgg16", "eval.metrics.sample_format": "uint8",
+                                     "init.weights": ""}
 
 
 def _without_neutral_keys(d: dict) -> dict:
     for dotted, value in HASH_NEUTRAL_KEYS.items():
         *path, last = dotted.split(".")
-        node = d
+        nodes = [d]
         for k in path:
-            node = node.get(k, {})
-        if node.get(last, object()) == value:
-            del node[last]
+            nodes.append(nodes[-1].get(k, {}))
+        if nodes[-1].get(last, object()) == value:
+            del nodes[-1][last]
+            for parent, k, node in reversed(list(zip(nodes[:-1], path, nodes[1:]))):
+                if node:
+                    break
+                del parent[k]  # a section left empty
     return d
 
 

@@ -197,6 +197,7 @@ class Row:
     variant: str | None            # the measured variant (or the expected one when missing)
     expected: list[str]            # the variants that reproduce this row
     status: str                    # ok | missing | n/a
+    origin: str = "trained"        # trained (this suite's training) | public (the papers' weights, measured here)
 
 
 def measured_value(a: pd.Series | dict | None, m: Measure) -> tuple[float, float, int]:

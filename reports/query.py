@@ -66,6 +66,7 @@ class Protocol:
     timing_device: str   # device, its name and (on CPU) the thread count
     timing_batch: str    # eval.timing.batch_size (images per timed sampler call)
     precision: str = "fp32/fp32"  # train.precision / eval.precision (runs before these keys: fp32)
+    sample_format: str = "uint8"  # eval.metrics.sample_format: uint8 | jpeg (the papers' JPEG round trip)
 
     def key(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
@@ -73,11 +74,13 @@ class Protocol:
     def label(self) -> str:
         numerics = "" if self.precision == "fp32/fp32" else \
             ", precision train {} / sampling {}".format(*self.precision.split("/"))
-        return (f"{self.dataset}, scale {self.scale}, metrics {self.backbone} on {self.samples} samples, "
+        jpeg = "" if self.sample_format == "uint8" else f", samples through {self.sample_format} (the papers' way)"
+        return (f"{self.dataset}, scale {self.scale}, metrics {self.backbone} on {self.samples} samples{jpeg}, "
                 f"timing {self.timing_device}, batch {self.timing_batch}{numerics}")
 
     def slug(self) -> str:
         numerics = "" if self.precision == "fp32/fp32" else "-" + self.precision.replace("/", "-")
+        numerics += "" if self.sample_format == "uint8" else "-" + self.sample_format
         return re.sub(r"[^A-Za-z0-9]+", "-", f"{self.dataset}-{self.scale}-{self.backbone}{numerics}").strip("-")
 
 
@@ -87,6 +90,12 @@ def _device_label(tags: dict) -> str:
     threads = tags.get("timing_threads", "")
     parts = [p for p in (name, f"{threads} threads" if threads and device.startswith("cpu") else "") if p]
     return f"{device} ({', '.join(parts)})" if parts else device
+
+
+def public_row_variant(variant: str, source: str) -> str:
+    """The table row key of runs that evaluated the papers' public weights (tag ``weights_source``): never merged
+    with the variant's trained runs."""
+    return f"{variant} [public weights: {source}]"
 
 
 def natural_key(s: str) -> list:
@@ -100,7 +109,8 @@ def _client(uri: str | None):
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
-_BASE_COLUMNS = ["run_id", "run_name", "experiment", "start_time", "status", "variant", "dataset", "scale",
+_BASE_COLUMNS = ["run_id", "run_name", "experiment", "start_time", "status", "variant", "base_variant", "origin",
+                 "weights_source", "weights_sha256", "weights_file", "weights_where", "dataset", "scale",
                  "family", "paper", "published_row", "seed", "parent_run_id", "grid", "backbone", "backbone_fid",
                  "backbone_prc", "implementation", "samples", "timing_device", "timing_batch", "timing_repeats",
                  "timing_warmup", "protocol", "params", "dinov2_model", "backbone_dinov2"]
@@ -170,11 +180,16 @@ def _record(run, experiment: str) -> dict | None:
                      backbone=tags.get("metric_backbone", "?") or "?",
                      samples=params.get("eval.metrics.num_samples", "?"), timing_device=_device_label(tags),
                      timing_batch=params.get("eval.timing.batch_size", "?"),
-                     precision=f"{params.get('train.precision', 'fp32')}/{params.get('eval.precision', 'fp32')}")
+                     precision=f"{params.get('train.precision', 'fp32')}/{params.get('eval.precision', 'fp32')}",
+                     sample_format=params.get("eval.metrics.sample_format", "uint8"))
+    source = tags.get("weights_source", "")
     rec = {
         "run_id": run.info.run_id, "run_name": run.info.run_name, "experiment": experiment,
         "start_time": run.info.start_time,
-        "status": run.info.status, "variant": variant, "dataset": proto.dataset, "scale": proto.scale,
+        "status": run.info.status, "variant": public_row_variant(variant, source) if source else variant,
+        "base_variant": variant, "origin": "public" if source else "trained", "weights_source": source,
+        "weights_sha256": tags.get("weights_sha256", ""), "weights_file": tags.get("weights_file", ""),
+        "weights_where": tags.get("weights_where", ""), "dataset": proto.dataset, "scale": proto.scale,
         "family": tags.get("family", ""), "paper": tags.get("paper", ""),
         "published_row": tags.get("published_row", ""),
         "seed": int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else seed,
@@ -233,6 +248,8 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[-1]
         rec = {"protocol": first["protocol"], "variant": variant, "dataset": first["dataset"],
                "scale": first["scale"], "family": first["family"], "published_row": first["published_row"],
+               "base_variant": first["base_variant"], "origin": first["origin"],
+               **{k: first[k] for k in ("weights_source", "weights_sha256", "weights_file", "weights_where")},
                "n": len(g), "seeds": sorted(g["seed"].tolist(), key=str), "run_ids": g["run_id"].tolist(),
                "experiments": sorted(set(g["experiment"])),
                "params": first["params"], "backbone_fid": first["backbone_fid"], "backbone_prc": first["backbone_prc"],

@@ -70,25 +70,39 @@ def table_for_dataset(dataset: str | None, published: dict | None = None) -> str
     return PAPER_PRESET.get(dataset or "", dataset if dataset in names else "cifar10")
 
 
+PUBLIC_ROW = "public weights, measured here"
+
+
 def _assign_rows(spec: dict, agg: pd.DataFrame | None) -> list[Row]:
-    """The paper's rows in order (each with its measured variant, if any), then measured-only rows."""
+    """The paper's rows in order (each with its measured variant, if any; after it, a row per public checkpoint of
+    that model measured here), then measured-only rows."""
     present = {} if agg is None else {r["variant"]: r for _, r in agg.iterrows()}
+    public = {v: a for v, a in present.items() if a.get("origin") == "public"}
     listed = {v for r in spec["rows"] for v in r.get("variants") or []}
-    used: set[str] = set()
+    used: set[str] = set(public)
     rows = []
     for r in spec["rows"]:
         cands = list(r.get("variants") or [])
-        cands += sorted((v for v, a in present.items() if v not in listed and v not in cands
+        cands += sorted((v for v, a in present.items() if v not in listed and v not in cands and v not in public
                          and a["published_row"] == r["model"]), key=query.natural_key)
         hit = next((v for v in cands if v in present and v not in used), None)
         if hit:
             used.add(hit)
         status = "ok" if hit else (MISSING if cands else NOT_REPRODUCED)
         rows.append(Row(r["model"], r, hit or (cands[0] if cands else None), cands, status))
+        mine = [v for v, a in public.items() if a["base_variant"] in cands or a["published_row"] == r["model"]]
+        for v in sorted(mine, key=query.natural_key):
+            rows.append(Row(f"{r['model']} ({PUBLIC_ROW}: {public[v]['weights_source']})", None, v, [v], "ok",
+                            origin="public"))
+            public.pop(v)
     extra = spec.get("extra", [])
     for v in sorted(set(present) - used, key=query.natural_key):
         if extra == "all" or v in (extra or []):
             rows.append(Row(present[v]["published_row"] or v, None, v, [v], "ok"))
+    for v, a in sorted(public.items()):  # public weights of a model this table has no paper row for
+        if extra == "all" or a["base_variant"] in (extra or []):
+            rows.append(Row(f"{a['published_row'] or a['base_variant']} ({PUBLIC_ROW}: {a['weights_source']})",
+                            None, v, [v], "ok", origin="public"))
     return rows
 
 
@@ -232,6 +246,8 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_r
                  + ("" if same else f"precision/recall: {prc}; ") +
                  f"sampling time = mean seconds per batch of {protocol.timing_batch}, {uniq('timing_repeats')} "
                  f"timed runs after {uniq('timing_warmup')} warm-up runs, on {protocol.timing_device}.")
+    lines += _sample_and_reference_lines(agg, protocol)
+    lines += _public_lines(agg, rows)
     runs = (f"Runs: {n_runs} FINISHED run{'' if n_runs == 1 else 's'} in {_experiments_text(agg)}, the latest per "
             "variant and seed; '±' is the standard deviation over seeds")
     if wide:
@@ -265,6 +281,36 @@ def _footer(spec: dict, agg: pd.DataFrame | None, protocol: Protocol | None, n_r
     return lines
 
 
+def _sample_and_reference_lines(agg: pd.DataFrame, protocol: Protocol) -> list[str]:
+    """How the generated samples reached the feature extractor, and the reference set when it is not the papers'."""
+    lines = []
+    if protocol.sample_format == "jpeg":
+        lines.append("Samples: each generated sample through a JPEG round trip at PIL's default quality before feature "
+                     "extraction (eval.metrics.sample_format: jpeg), as the papers' published FIDs were computed.")
+    splits = sorted({str((p or {}).get("eval.metrics.reference_split", "train")) for p in agg["params"]})
+    if splits != ["train"]:
+        lines.append(f"Reference statistics: the {', '.join(splits)} split of {protocol.dataset}; the papers' FIDs "
+                     "used training-set statistics, so compare with the published numbers with care.")
+    return lines
+
+
+def _public_lines(agg: pd.DataFrame, rows: list[Row]) -> list[str]:
+    """Where each '{PUBLIC_ROW}' row's weights come from."""
+    present = {r["variant"]: r for _, r in agg.iterrows()}
+    lines = []
+    for r in rows:
+        a = present.get(r.variant) if r.origin == "public" else None
+        if a is None:
+            continue
+        trained = a.get("train_steps_n", 0) and a.get("train_steps_mean", 0) > 0
+        lines.append(f"{r.model}: the paper's own checkpoint {a['weights_file'] or '?'} (sha256 "
+                     f"{(a['weights_sha256'] or '?')[:16]}..., published at {a['weights_where'] or '?'}), converted "
+                     "by `python -m bench.weights convert` and "
+                     + ("trained further here" if trained else "evaluated by this suite with zero training steps")
+                     + " under the protocol above; its published number is the paper's row above it.")
+    return lines
+
+
 def build_report(name: str, experiment: str | None = None, datasets: list[str] | None = None,
                  filter_string: str | None = None, uri: str | None = None, published: dict | None = None,
                  run_ids: list[str] | None = None, measured_only: bool = False, wide: bool = False,
@@ -294,7 +340,7 @@ def build_report(name: str, experiment: str | None = None, datasets: list[str] |
     for proto in query.protocols(runs):
         g = agg[agg["protocol"].map(lambda p: p.key() == proto.key())]
         shown = [r for r in _assign_rows(spec, g) if r.status == "ok"]
-        if any(r.spec is not None for r in shown) or (shown and spec.get("extra") == "all"):
+        if any(r.spec is not None or r.origin == "public" for r in shown) or (shown and spec.get("extra") == "all"):
             in_proto = runs["protocol"].map(lambda p: p.key() == proto.key())
             n = int((in_proto & runs["variant"].isin([r.variant for r in shown])).sum())
             sections.append(_section(name, spec, pub, g, proto, n, measured_only, wide, metrics))

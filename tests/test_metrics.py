@@ -167,3 +167,30 @@ def test_offline_download_raises_clear_error(tmp_path, monkeypatch, digits):
     with pytest.raises(M.MetricsError, match=r"set eval\.metrics\.inception_weights to its path") as e:
         M.compute_metrics(test[:10], test[:10], dataset="cifar10", cfg=M.MetricsConfig(), cache_dir=tmp_path)
     assert "weights-inception-2015-12-05" in str(e.value)
+
+
+def test_jpeg_sample_format_is_the_papers_file_round_trip(cache, results, digits):
+    """sample_format jpeg: each generated sample as PIL writes and reads a .jpg at its default quality (what
+    torchvision's save_image to a .jpg file does); the reference images are not touched; recorded in the protocol."""
+    import io
+
+    from PIL import Image
+
+    _, test, _ = digits
+    rgb = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    for x in (test[:3], rgb):
+        y = M.jpeg_roundtrip(x)
+        assert y.dtype == torch.uint8 and y.shape == x.shape and not torch.equal(x, y)  # lossy
+        arr = x[0].permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="JPEG", quality=75)
+        direct = np.asarray(Image.open(io.BytesIO(buf.getvalue()))).reshape(arr.shape)
+        assert np.array_equal(y[0].permute(1, 2, 0).numpy(), direct)  # PIL's default quality is 75
+    cfg = M.MetricsConfig(kid_subsets=20, sample_format="jpeg")
+    q = M.compute_metrics(test, test, dataset="digits", cfg=cfg, cache_dir=cache)
+    assert q["sample_format"].startswith("jpeg: each generated sample through a JPEG round trip")
+    assert results["same"]["sample_format"].startswith("uint8") and results["same"]["fid"] < 1e-3
+    assert q["fid"] > 10 * max(results["same"]["fid"], 1e-6)  # the samples moved, the reference set did not
+    assert q["reference_split"] == "train"
+    assert M.check_metrics_config(M.MetricsConfig(sample_format="png")) == [
+        "eval.metrics.sample_format='png'; valid: uint8, jpeg"]

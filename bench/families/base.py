@@ -50,6 +50,7 @@ class System:
     sample_fn: Callable[..., torch.Tensor]
     sample_options: dict
     process: Any
+    init_tags: dict | None = None   # what the run records about init.weights (bench.job.load_init_weights)
 
     def modules(self) -> dict[str, nn.Module]:
         raise NotImplementedError
