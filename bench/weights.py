@@ -25,6 +25,7 @@ The suite never bundles or downloads these files (their licences are non-commerc
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import os
 import sys
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PublicSource", "Transpose", "Permute", "Entry", "Plan", "ConversionError", "SOURCES", "source_config",
-           "plan_for", "load_public", "convert", "convert_file", "expected_public_shapes", "to_public", "main",
+           "plan_for", "load_public", "apply_plan", "convert", "convert_file", "expected_public_shapes", "to_public", "main",
            "WEIGHTS_ENV", "PREDICTIONS"]
 
 WEIGHTS_ENV = "WAVEBENCH_WEIGHTS"                         # default --out folder (else ./weights)
@@ -143,32 +144,40 @@ class PublicSource:
     note: str = ""                     # anything else a user must know about this file
 
 
-def _collect() -> dict[str, PublicSource]:
-    from bench.families import FAMILIES
+class _Sources(Mapping):
+    """Every family's public sources by name, collected on first use (the families' converter modules import
+    this module, so they cannot be collected when it is imported)."""
 
-    out: dict[str, PublicSource] = {}
-    for fam in FAMILIES.values():
-        for s in fam.public_sources():
-            assert s.name not in out, f"two public sources named {s.name}"
-            out[s.name] = s
-    return out
+    def __init__(self) -> None:
+        self._by_name: dict[str, PublicSource] | None = None
+
+    def _all(self) -> dict[str, PublicSource]:
+        if self._by_name is None:
+            from bench.families import FAMILIES
+
+            by_name: dict[str, PublicSource] = {}
+            for fam in FAMILIES.values():
+                for s in fam.public_sources():
+                    assert s.name not in by_name, f"two public sources named {s.name}"
+                    by_name[s.name] = s
+            self._by_name = by_name
+        return self._by_name
+
+    def __getitem__(self, name: str) -> PublicSource:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
-_SOURCES: dict[str, PublicSource] | None = None
-
-
-def __getattr__(name: str):
-    """``SOURCES`` is collected on first use (the families' converter modules import this module)."""
-    global _SOURCES
-    if name == "SOURCES":
-        if _SOURCES is None:
-            _SOURCES = _collect()
-        return _SOURCES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+SOURCES: Mapping[str, PublicSource] = _Sources()   # SOURCE name -> PublicSource, every family's
 
 
 def _source(name: str) -> PublicSource:
-    sources = __getattr__("SOURCES")
+    sources = SOURCES
     if name not in sources:
         raise ConversionError(f"unknown SOURCE {name!r}; valid: {', '.join(sources)}")
     return sources[name]
@@ -189,7 +198,7 @@ def source_config(name: str, prediction: str | None = None):
         job["model.process.prediction"] = PREDICTIONS[prediction]
     elif prediction is not None:
         raise ConversionError(f"{name}: --prediction applies only to sources that need it "
-                              f"({', '.join(n for n, x in __getattr__('SOURCES').items() if x.needs_prediction)})")
+                              f"({', '.join(n for n, x in SOURCES.items() if x.needs_prediction)})")
     try:
         return registry.resolve(job, check_paths=False)
     except ConfigError as e:
@@ -273,7 +282,7 @@ def _score(expected: Mapping[str, tuple | None], found: Mapping[str, tuple]) -> 
 def _better_source(name: str, found: Mapping[str, tuple], own: float) -> str | None:
     """The other SOURCE whose layout the file matches best, if it matches it better than ``name``'s."""
     best, best_score = None, own
-    for other, s in __getattr__("SOURCES").items():
+    for other, s in SOURCES.items():
         if other == name:
             continue
         try:
@@ -305,24 +314,32 @@ def _describe_misfit(name: str, missing, unexpected, wrong, hint: str | None) ->
 
 # ============================================================================================== conversion
 
-def convert(name: str, public: Mapping[str, torch.Tensor], prediction: str | None = None):
-    """(config, state dict) of a SOURCE from a public file's tensors, loaded strictly (see the module doc)."""
-    s = _source(name)
-    cfg = source_config(name, prediction)
-    net = _meta_network(cfg)
-    plan = s.planner(s, net)
+def apply_plan(name: str, plan: Plan, network: nn.Module, public: Mapping[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:
+    """The suite state dict of ``network`` from a public file's tensors through ``plan``, loaded strictly: every
+    public tensor used once, every suite tensor filled, every shape equal; else :class:`ConversionError` naming
+    the first keys that do not fit (and the SOURCE whose layout fits better, when ``name`` is a SOURCE)."""
     public = _strip(public, "module.")
-    expected = expected_public_shapes(plan, net)
+    expected = expected_public_shapes(plan, network)
     found = {k: tuple(v.shape) for k, v in public.items()}
     missing, unexpected, wrong = _misfit(expected, found)
     used = plan.public_keys()
     assert len(used) == len(set(used)), f"{name}: the plan uses a public tensor twice"
     if missing or unexpected or wrong:
-        raise ConversionError(_describe_misfit(name, missing, unexpected, wrong,
-                                               _better_source(name, found, _score(expected, found))))
+        hint = _better_source(name, found, _score(expected, found)) if name in SOURCES else None
+        raise ConversionError(_describe_misfit(name, missing, unexpected, wrong, hint))
     state = {key: e.forward([public[k] for k in e.public]) for key, e in plan.entries.items()}
-    net.load_state_dict(state, strict=True, assign=True)  # every suite tensor filled, every shape equal
-    return cfg, state
+    meta = copy.deepcopy(network).to("meta")
+    meta.load_state_dict(state, strict=True, assign=True)  # every suite tensor filled, every shape equal
+    return state
+
+
+def convert(name: str, public: Mapping[str, torch.Tensor], prediction: str | None = None):
+    """(config, state dict) of a SOURCE from a public file's tensors, loaded strictly (see :func:`apply_plan`)."""
+    s = _source(name)
+    cfg = source_config(name, prediction)
+    net = _meta_network(cfg)
+    return cfg, apply_plan(name, s.planner(s, net), net, public)
 
 
 def _sha256(path: Path) -> str:
@@ -388,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the network predicts, for files that do not say it (WDDM): noise or sample")
     args = ap.parse_args(argv)
     if args.cmd == "list":
-        print(_table(__getattr__("SOURCES").values()))
+        print(_table(SOURCES.values()))
         return 0
     try:
         target = convert_file(args.source, args.file, args.out, args.prediction)

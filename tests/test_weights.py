@@ -1,0 +1,197 @@
+"""bench.weights: the papers' public checkpoints converted into suite checkpoints, on files built from the public
+layout (tests/data/public_weights: every public tensor name and shape per configuration, no weights; copied from
+the study in ../shared/public-weights) with random tensors. No network, no real file."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import registry
+from bench import weights as W
+from bench.families import gan
+from bench.train import CHECKPOINT_VERSION
+from models import ddgan
+
+DATA = Path(__file__).parent / "data" / "public_weights"
+MANIFESTS = {**json.loads((DATA / "ddgan_wavediff.json").read_text()), **json.loads((DATA / "wddm.json").read_text())}
+
+
+def public_tensors(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A file in SOURCE ``name``'s public layout: the manifest's names (with the file's prefix) and shapes, random
+    values (KAN knot grids: the uniform knot vector such a file holds, so the spline basis stays finite)."""
+    s = W.SOURCES[name]
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in MANIFESTS[s.manifest]["keys"].items():
+        if key.endswith(".grid"):
+            out[key] = torch.linspace(-2.2, 2.2, shape[1]).expand(shape).contiguous()
+        else:
+            out[key] = torch.randn(shape, generator=g) * 0.05
+    return {(k if k.startswith(s.prefix) else s.prefix + k): v for k, v in out.items()}
+
+
+def write(tensors: dict, path: Path, fmt: str = "torch") -> Path:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(path))
+    else:
+        torch.save(tensors, path)
+    return path
+
+
+def small_call(system, net, cfg) -> torch.Tensor:
+    """One call of the sampling network on one state at a small side (the networks are convolutional; every
+    level, attention and the wavelet bottleneck still run)."""
+    x, *rest = system.network_inputs(1)
+    gen = getattr(cfg.model, "generator", None)
+    levels = len(gen.ch_mult) if gen else len(getattr(cfg.model.denoiser, "block_out_channels", None)
+                                                or cfg.model.denoiser.ch_mult)
+    side = (gen.patch_size if gen else 1) * 2 ** (levels - 1) * 4
+    x = torch.randn(1, x.shape[1], side, side, generator=torch.Generator().manual_seed(1))
+    rest = [torch.full_like(r, 1) if r.dtype == torch.long else torch.randn(r.shape) for r in rest]
+    with torch.no_grad():
+        return net(x, *rest)
+
+
+@pytest.mark.parametrize("name", list(W.SOURCES))
+def test_source_converts_loads_strictly_and_runs(name, tmp_path):
+    s = W.SOURCES[name]
+    public = public_tensors(name)
+    path = write(public, tmp_path / "public.bin", "safetensors" if s.file.endswith("(safetensors)") else "torch")
+    prediction = "sample" if s.needs_prediction else None
+    out = W.convert_file(name, path, tmp_path / "out", prediction=prediction)
+    assert out == tmp_path / "out" / f"{name}.pt" and not list((tmp_path / "out").glob(".*.tmp"))
+
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["kind"] == "public-weights" and ckpt["version"] == CHECKPOINT_VERSION
+    src = ckpt["source"]
+    assert (src["name"], src["file"], src["variant"], src["dataset"]) == (name, path.name, s.variant, s.dataset)
+    assert src["sha256"] == W._sha256(path) and src["published_fid"] == s.published_fid
+    cfg = registry.from_dict(ckpt["config"])
+    assert cfg == W.source_config(name, prediction) and cfg.scale == "paper"
+    if s.needs_prediction:
+        assert cfg.model.process.prediction == "sample"
+
+    system = registry.build(cfg)
+    net = system.sampling_network
+    net.load_state_dict(ckpt["state_dict"], strict=True)
+    y = small_call(system, net, cfg)
+    assert torch.isfinite(y).all()
+
+    # Every public tensor is used exactly once: mapping the suite tensors back gives the file, bit for bit.
+    plan = s.planner(s, net)
+    back = W.to_public(plan, ckpt["state_dict"])
+    stripped = {k.removeprefix("module."): v for k, v in public.items()}
+    assert set(back) | set(plan.dropped) == set(stripped)
+    assert all(torch.equal(back[k], stripped[k]) for k in back)
+
+
+# ---------------------------------------------------------------------------------------------- misfits
+
+SMALL = "wavediff-cifar10"   # the smallest GAN file (272 tensors)
+
+
+@pytest.fixture(scope="module")
+def small_public():
+    return public_tensors(SMALL)
+
+
+def _convert_fails(capsys, argv) -> str:
+    assert W.main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_missing_extra_and_misshapen_tensors_are_named(small_public, tmp_path, capsys):
+    key = "module.all_modules.5.Conv_0.weight"
+    missing = {k: v for k, v in small_public.items() if k != key}
+    err = _convert_fails(capsys, ["convert", SMALL, str(write(missing, tmp_path / "a.pth")), "--out", str(tmp_path)])
+    assert "missing (1): all_modules.5.Conv_0.weight" in err and "unexpected" not in err
+
+    extra = {**small_public, "module.all_modules.99.weight": torch.zeros(3)}
+    err = _convert_fails(capsys, ["convert", SMALL, str(write(extra, tmp_path / "b.pth")), "--out", str(tmp_path)])
+    assert "unexpected (1): all_modules.99.weight" in err and "missing" not in err
+
+    bad = {**small_public, key: torch.zeros(7, 3, 3, 3)}
+    err = _convert_fails(capsys, ["convert", SMALL, str(write(bad, tmp_path / "c.pth")), "--out", str(tmp_path)])
+    assert "wrong shape (1): all_modules.5.Conv_0.weight: file (7, 3, 3, 3), expected (128, 128, 3, 3)" in err
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_a_file_given_to_the_wrong_source_names_the_right_one(small_public, tmp_path):
+    path = write(small_public, tmp_path / "netG_1300.pth")
+    r = subprocess.run([sys.executable, "-m", "bench.weights", "convert", "ddgan-cifar10", str(path), "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "ddgan-cifar10: the file does not fit" in r.stderr
+    assert f"match SOURCE {SMALL} better (100% of its tensors fit" in r.stderr
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys):
+    err = _convert_fails(capsys, ["convert", "ddgan-lsun", str(tmp_path / "x.pth")])
+    assert "unknown SOURCE 'ddgan-lsun'; valid: ddgan-cifar10, ddgan-celebahq256" in err
+    err = _convert_fails(capsys, ["convert", SMALL, str(tmp_path / "x.pth")])
+    assert "no such file" in err and "netG_1300.pth" in err
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    err = _convert_fails(capsys, ["convert", SMALL, str(tmp_path / "junk.pth"), "--out", str(tmp_path)])
+    assert "not a loadable weights file" in err
+    wddm = next(n for n, s in W.SOURCES.items() if s.needs_prediction)
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    err = _convert_fails(capsys, ["convert", wddm, str(tmp_path / "w.safetensors")])
+    assert "--prediction noise or sample" in err
+    err = _convert_fails(capsys, ["convert", SMALL, str(tmp_path / "junk.pth"), "--prediction", "noise"])
+    assert "--prediction applies only to" in err
+
+
+def test_list_prints_every_source_with_its_published_fid(capsys):
+    assert W.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, s in W.SOURCES.items():
+        line = next(x for x in out.splitlines() if x.startswith(name + " "))
+        assert s.variant in line and s.dataset in line and s.licence in line
+        assert (f"{s.published_fid:.2f}" if s.published_fid is not None else " - ") in line
+
+
+# ---------------------------------------------------------------------------------------------- band swaps
+
+def test_image_band_swap_of_the_input_output_and_pyramid_leaves_samples_unchanged(monkeypatch):
+    """A micro W-Generator whose input conv, output conv and first (wavelet) pyramid are converted as a file whose
+    image-level DWT swaps LH and HL: given the swapped bands of x_T, it samples the swapped bands of the original's
+    samples, i.e. the same images under the other DWT."""
+    torch.manual_seed(0)
+    cfg = registry.resolve({"variant": "wavediff-wg", "dataset": "cifar10", **gan.MICRO}, check_paths=False)
+    system = registry.build(cfg)
+    G = system.G_ema
+    with torch.no_grad():  # trained-like weights: the output conv starts at ~0, which would hide any band order
+        for p in G.parameters():
+            p.normal_(0.0, 0.1)
+    swapped_file = replace(W.SOURCES["wavediff-celebahq256"], feature_dwt=None)   # the image swap alone
+    plain_file = replace(swapped_file, image_dwt="pytorch_wavelets")
+    public = W.to_public(swapped_file.planner(swapped_file, G), G.state_dict())   # G as a DWT_2D-image file
+    G2 = registry.build(cfg).G_ema
+    # ... read back as a file in the suite's band order: G2 holds the swapped-band weights.
+    G2.load_state_dict(W.apply_plan("test", plain_file.planner(plain_file, G2), G2, public), strict=True)
+    assert not torch.equal(G2.conv_in.weight, G.conv_in.weight)
+
+    P = torch.tensor([0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11])
+    x_T = torch.randn(system.state_shape(3))
+    t, z = torch.full((3,), 2), torch.randn(3, cfg.model.generator.nz)
+    with torch.no_grad():
+        y = G(x_T, t, z)
+        torch.testing.assert_close(G2(x_T[:, P], t, z), y[:, P], rtol=0, atol=1e-5)   # sums in another order
+    assert (y - y[:, P]).abs().max() > 1e-2   # the band order does matter
+
+    # The whole T-step sampler, every draw in image space (the posterior noise) with its bands swapped too.
+    draw = ddgan.randn_like
+    monkeypatch.setattr(ddgan, "randn_like", lambda x, g: draw(x, g)[:, P] if swap else draw(x, g))
+    sample = lambda net, x: system.sample_fn(system.process, net, x, generator=torch.Generator().manual_seed(5),  # noqa: E731
+                                             **system.sample_options)
+    swap = False
+    y = sample(G, x_T)
+    swap = True
+    torch.testing.assert_close(sample(G2, x_T[:, P]), y[:, P], rtol=0, atol=1e-4)
