@@ -20,17 +20,24 @@ DATA = Path(__file__).parent / "data" / "public_weights"
 MANIFESTS = {**json.loads((DATA / "ddgan_wavediff.json").read_text()), **json.loads((DATA / "wddm.json").read_text())}
 
 
+_POOL = torch.randn(1_000_003, generator=torch.Generator().manual_seed(0)) * 0.05   # a prime length
+
+
 def public_tensors(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """A file in SOURCE ``name``'s public layout: the manifest's names (with the file's prefix) and shapes, random
-    values (KAN knot grids: the uniform knot vector such a file holds, so the spline basis stays finite)."""
+    values (cut from one random pool at a running offset: no two tensors alike, and cheap at 44M parameters; KAN
+    knot grids: the uniform knot vector such a file holds, so the spline basis stays finite)."""
     s = W.SOURCES[name]
-    g = torch.Generator().manual_seed(seed)
-    out = {}
+    out, offset = {}, seed * 7919
     for key, shape in MANIFESTS[s.manifest]["keys"].items():
+        n = torch.Size(shape).numel()
         if key.endswith(".grid"):
             out[key] = torch.linspace(-2.2, 2.2, shape[1]).expand(shape).contiguous()
         else:
-            out[key] = torch.randn(shape, generator=g) * 0.05
+            start = offset % len(_POOL)
+            reps = (start + n) // len(_POOL) + 1
+            out[key] = (_POOL.repeat(reps) if reps > 1 else _POOL)[start:start + n].reshape(shape).clone()
+            offset += n + 1
     return {(k if k.startswith(s.prefix) else s.prefix + k): v for k, v in out.items()}
 
 
@@ -44,18 +51,27 @@ def write(tensors: dict, path: Path, fmt: str = "torch") -> Path:
     return path
 
 
-def small_call(system, net, cfg) -> torch.Tensor:
-    """One call of the sampling network on one state at a small side (the networks are convolutional; every
-    level, attention and the wavelet bottleneck still run)."""
-    x, *rest = system.network_inputs(1)
+def network(cfg) -> torch.nn.Module:
+    """The sampling network alone (a GAN system would also build its discriminator and EMA copy)."""
+    from bench.families.diffusion import DENOISERS
+    from models.ncsnpp import NCSNppGenerator
+
+    if hasattr(cfg.model, "generator"):
+        return NCSNppGenerator(cfg.model.generator).eval()
+    return DENOISERS[type(cfg.model.denoiser)](cfg.model.denoiser).eval()
+
+
+def small_call(net, cfg) -> torch.Tensor:
+    """One call of the sampling network on one state at the smallest side it takes (the networks are
+    convolutional; every level, attention and the wavelet bottleneck still run)."""
     gen = getattr(cfg.model, "generator", None)
-    levels = len(gen.ch_mult) if gen else len(getattr(cfg.model.denoiser, "block_out_channels", None)
-                                                or cfg.model.denoiser.ch_mult)
-    side = (gen.patch_size if gen else 1) * 2 ** (levels - 1) * 4
-    x = torch.randn(1, x.shape[1], side, side, generator=torch.Generator().manual_seed(1))
-    rest = [torch.full_like(r, 1) if r.dtype == torch.long else torch.randn(r.shape) for r in rest]
+    model = gen or cfg.model.denoiser
+    levels = len(gen.ch_mult) if gen else len(getattr(model, "block_out_channels", None) or model.ch_mult)
+    side = (gen.patch_size if gen else 1) * 2 ** (levels - 1) * 2
+    x = torch.randn(1, model.in_channels, side, side, generator=torch.Generator().manual_seed(1))
+    extra = (torch.randn(1, gen.nz),) if gen else ()
     with torch.no_grad():
-        return net(x, *rest)
+        return net(x, torch.tensor([1]), *extra)
 
 
 @pytest.mark.parametrize("name", list(W.SOURCES))
@@ -77,10 +93,9 @@ def test_source_converts_loads_strictly_and_runs(name, tmp_path):
     if s.needs_prediction:
         assert cfg.model.process.prediction == "sample"
 
-    system = registry.build(cfg)
-    net = system.sampling_network
-    net.load_state_dict(ckpt["state_dict"], strict=True)
-    y = small_call(system, net, cfg)
+    net = network(cfg)
+    net.load_state_dict(ckpt["state_dict"], strict=True, assign=True)
+    y = small_call(net, cfg)
     assert torch.isfinite(y).all()
 
     # Every public tensor is used exactly once: mapping the suite tensors back gives the file, bit for bit.
@@ -195,3 +210,39 @@ def test_image_band_swap_of_the_input_output_and_pyramid_leaves_samples_unchange
     y = sample(G, x_T)
     swap = True
     torch.testing.assert_close(sample(G2, x_T[:, P]), y[:, P], rtol=0, atol=1e-4)
+
+
+def test_wddm_band_order_is_the_other_dwt_at_every_level():
+    """Suite channel s of a level-L split holds WDDM's channel band_index[s], WDDM's transform being the suite's
+    with the LH and HL blocks swapped at each level (applied to all channels again at level 2)."""
+    from bench.families.diffusion_weights import band_index
+    from models.wavelet import haar_dwt
+
+    def other_dwt(x):
+        y = haar_dwt(x)
+        c = x.shape[1]
+        return torch.cat([y[:, :c], y[:, 2 * c:3 * c], y[:, c:2 * c], y[:, 3 * c:]], dim=1)
+
+    x = torch.randn(2, 3, 8, 8)
+    for levels in (1, 2):
+        public = x
+        for _ in range(levels):
+            public = other_dwt(public)
+        idx = torch.tensor(band_index(3, levels))
+        assert torch.equal(haar_dwt(x, levels), public[:, idx])
+
+
+def test_ukan_time_mlp_columns_follow_the_suite_sinusoids():
+    """The public first time-MLP layer reads (sin w0, cos w0, sin w1, ...); converted, it gives the same output
+    on the suite's (all sines, all cosines)."""
+    from models.layers import timestep_embedding
+
+    name = "wddm-ukan-cifar10-l2"
+    s = W.SOURCES[name]
+    net = W._meta_network(W.source_config(name, "noise"))
+    entry = s.planner(s, net).entries["time_mlp.0.weight"]
+    w_public = torch.randn(512, 128)
+    t = torch.tensor([0, 7, 999])
+    suite = timestep_embedding(t, 128, downscale_freq_shift=0.0)
+    interleaved = torch.stack([suite[:, :64], suite[:, 64:]], dim=-1).flatten(1)
+    torch.testing.assert_close(suite @ entry.forward([w_public]).t(), interleaved @ w_public.t())
