@@ -2,6 +2,7 @@
 layout (tests/data/public_weights: every public tensor name and shape per configuration, no weights; copied from
 the study in ../shared/public-weights) with random tensors. No network, no real file."""
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,10 +12,14 @@ import pytest
 import torch
 
 from bench import registry
+from conftest import wait_s
 from bench import weights as W
 from bench.families import gan
 from bench.train import CHECKPOINT_VERSION
 from models import ddgan
+
+# Small tensor work on a shared CPU: one intra-op thread (conftest's one_thread) is several times faster than two.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = Path(__file__).parent / "data" / "public_weights"
 MANIFESTS = {**json.loads((DATA / "ddgan_wavediff.json").read_text()), **json.loads((DATA / "wddm.json").read_text())}
@@ -140,7 +145,8 @@ def test_missing_extra_and_misshapen_tensors_are_named(small_public, tmp_path, c
 def test_a_file_given_to_the_wrong_source_names_the_right_one(small_public, tmp_path):
     path = write(small_public, tmp_path / "netG_1300.pth")
     r = subprocess.run([sys.executable, "-m", "bench.weights", "convert", "ddgan-cifar10", str(path), "--out",
-                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+                        str(tmp_path)], capture_output=True, text=True, timeout=wait_s(60),
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2, r.stderr
     assert "ddgan-cifar10: the file does not fit" in r.stderr
     assert f"match SOURCE {SMALL} better (100% of its tensors fit" in r.stderr
