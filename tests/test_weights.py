@@ -252,3 +252,36 @@ def test_ukan_time_mlp_columns_follow_the_suite_sinusoids():
     suite = timestep_embedding(t, 128, downscale_freq_shift=0.0)
     interleaved = torch.stack([suite[:, :64], suite[:, 64:]], dim=-1).flatten(1)
     torch.testing.assert_close(suite @ entry.forward([w_public]).t(), interleaved @ w_public.t())
+
+
+def _swap_lh_hl(y: torch.Tensor) -> torch.Tensor:
+    c = y.shape[1] // 4
+    return torch.cat([y[:, :c], y[:, 2 * c:3 * c], y[:, c:2 * c], y[:, 3 * c:]], dim=1)
+
+
+def test_w_generator_band_swaps_make_the_public_network_with_its_own_dwt_equal_the_converted_one(monkeypatch):
+    """A micro W-Generator run with DWT_2D (LH and HL swapped) inside its layers, as the public class runs, on
+    weights in the public layout, equals the suite's network (its own DWT) on the converted weights: the swaps of
+    the wavelet pyramid's input blocks and of the detail convs' groups are exactly what the band order needs."""
+    from models import layers
+    from models.wavelet import haar_dwt, haar_idwt
+
+    torch.manual_seed(0)
+    cfg = registry.resolve({"variant": "wavediff-wg", "dataset": "cifar10", **gan.MICRO}, check_paths=False)
+    G = registry.build(cfg).G_ema
+    with torch.no_grad():
+        for p in G.parameters():
+            p.normal_(0.0, 0.1)
+    src = W.SOURCES["wavediff-stl10"]                     # W-Generator bands, the suite's image-level order
+    public = W.to_public(src.planner(src, G), G.state_dict())
+    as_is = replace(src, feature_dwt=None)
+    G_public = registry.build(cfg).G_ema                  # the public file's weights, read without any swap
+    G_public.load_state_dict(W.apply_plan("test", as_is.planner(as_is, G_public), G_public, public))
+
+    x, t, z = torch.randn(2, 12, 16, 16), torch.tensor([0, 3]), torch.randn(2, cfg.model.generator.nz)
+    with torch.no_grad():
+        y = G(x, t, z)
+        monkeypatch.setattr(layers, "haar_dwt", lambda v: _swap_lh_hl(haar_dwt(v)))
+        monkeypatch.setattr(layers, "haar_idwt", lambda v: haar_idwt(_swap_lh_hl(v)))
+        torch.testing.assert_close(G_public(x, t, z), y, rtol=0, atol=1e-5)
+        assert (G(x, t, z) - y).abs().max() > 1e-3      # the suite's weights under DWT_2D: not the same network

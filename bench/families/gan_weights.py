@@ -134,13 +134,12 @@ def plan(src: PublicSource, G: NCSNppGenerator) -> Plan:
             # the previous level's features after. A WaveletDownsample stacks its DWT's four bands, band-major
             # (torch.cat((xLL, xLH, xHL, xHH)), layerspp.py), so the image channel map applies inside each band
             # block, and the W-Generator's own DWT_2D order to the blocks.
-            width = module.weight.shape[1] if isinstance(module, FirConvDownsample) else module.conv.weight.shape[1]
             first = name == "down.0.pyramid"
             if isinstance(module, WaveletDownsample):
-                width //= 4
+                width = module.conv.weight.shape[1] // 4
                 index = _bands(4, width, feature_bands, in_map if first else range(width))
                 perms["conv.weight"] = _perm(1, index, "pyramid DWT bands")
-            elif first:
+            elif first:  # a FIR pyramid reads the network input as it is
                 perms["weight"] = _perm(1, in_map, "image channels")
         elif isinstance(module, WaveletResBlock) and hasattr(module, "detail_conv"):
             # The detail conv is grouped by band (LH, HL, HH) on input and output: swapping the LH and HL groups
