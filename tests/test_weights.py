@@ -285,3 +285,26 @@ def test_w_generator_band_swaps_make_the_public_network_with_its_own_dwt_equal_t
         monkeypatch.setattr(layers, "haar_idwt", lambda v: haar_idwt(_swap_lh_hl(v)))
         torch.testing.assert_close(G_public(x, t, z), y, rtol=0, atol=1e-5)
         assert (G(x, t, z) - y).abs().max() > 1e-3      # the suite's weights under DWT_2D: not the same network
+
+
+def test_celebahq1024_input_packing_and_bands_reach_the_input_conv_and_first_pyramid_alike():
+    """The 1024 file reads its 12 DWT_2D image channels patch-packed (p1 p2 c) into the input conv and, through
+    its own DWT_2D, into the first wavelet pyramid; converted, the suite's (c p1 p2) pixel_unshuffle input in its own
+    band order gives the same convolutions."""
+    import torch.nn.functional as F
+
+    from models.wavelet import haar_dwt
+
+    name = "wavediff-celebahq1024"
+    plan = W.plan_for(name)
+    x = torch.randn(1, 12, 16, 16)
+    x_public = x[:, [0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11]]          # the file's image-level bands
+    packed = x_public.view(1, 12, 8, 2, 8, 2).permute(0, 3, 5, 1, 2, 4).reshape(1, 48, 8, 8)   # (p1 p2 c)
+    unshuffled = F.pixel_unshuffle(x, 2)                                                       # (c p1 p2)
+    for key, public_in, suite_in in (
+            ("conv_in.weight", packed, unshuffled),
+            ("down.0.pyramid.conv.weight", _swap_lh_hl(haar_dwt(packed)) / 2, haar_dwt(unshuffled) / 2)):
+        entry = plan.entries[key]
+        w_public = torch.randn(MANIFESTS["wavediff-wg-celebahq1024"]["keys"]["module." + entry.public[0]])
+        torch.testing.assert_close(F.conv2d(suite_in, entry.forward([w_public])), F.conv2d(public_in, w_public),
+                                   rtol=1e-5, atol=1e-4)   # 400-term sums in another order
