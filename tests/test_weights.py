@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from bench import registry
-from conftest import wait_s
 from bench import weights as W
 from bench.families import gan
 from bench.train import CHECKPOINT_VERSION
+from conftest import wait_s
 from models import ddgan
 
 # Small tensor work on a shared CPU: one intra-op thread (conftest's one_thread) is several times faster than two.
@@ -23,8 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = Path(__file__).parent / "data" / "public_weights"
 MANIFESTS = {**json.loads((DATA / "ddgan_wavediff.json").read_text()), **json.loads((DATA / "wddm.json").read_text())}
-
-
 _POOL = torch.randn(1_000_003, generator=torch.Generator().manual_seed(0)) * 0.05   # a prime length
 
 
