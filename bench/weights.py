@@ -306,7 +306,7 @@ def _describe_misfit(name: str, missing, unexpected, wrong, hint: str | None) ->
             ("wrong shape", wrong, lambda w: f"{w[0]}: file {tuple(w[1])}, expected {tuple(w[2])}")):
         if items:
             more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-            lines.append(f"  {label} ({len(items)}): {', '.join(fmt(x) for x in items[:SHOWN])}{more}")
+            lines.append(f"  {label} ({len(items)}): {'; '.join(fmt(x) for x in items[:SHOWN])}{more}")
     if hint:
         lines.append(f"  {hint}")
     return "\n".join(lines)
