@@ -114,6 +114,11 @@ class Family(ABC):
         count of the plain step runs."""
         return cfg
 
+    def public_sources(self) -> tuple:
+        """The papers' public checkpoints this family converts (:class:`bench.weights.PublicSource`, each with its
+        converter), kept beside the family's module; ``python -m bench.weights list`` collects them."""
+        return ()
+
     @abstractmethod
     def micro(self, cfg: RunConfig) -> dict:
         """Overrides that make a variant's default config the smallest that still runs every code path (the

@@ -160,7 +160,10 @@ _UNET_PAPER = {
     0: {"cifar10": dict(block_out_channels=(128, 256, 256), attention_levels=(True, True, False), dropout=0.1)},
     1: {"cifar10": dict(block_out_channels=(128, 256, 256), attention_levels=(True, True, False), dropout=0.1),
         "celebahq256": dict(block_out_channels=(128, 128, 256, 256, 256),
-                            attention_levels=(False, False, True, True, False), dropout=0.0)},
+                            attention_levels=(False, False, True, True, False), dropout=0.0),
+        # STL-10 (64 px): WDDM's public model config (the released wddm-unet-stl10-l1 file), not in PAPERS.md.
+        "stl10": dict(block_out_channels=(128, 256, 256, 256), attention_levels=(True, True, False, False),
+                      dropout=0.0)},
     2: {"cifar10": dict(block_out_channels=(64, 128, 128), attention_levels=(True, False, False), dropout=0.1),
         "celebahq256": dict(block_out_channels=(64, 128, 128, 256), attention_levels=(False, True, False, False),
                             dropout=0.0)},
@@ -168,11 +171,15 @@ _UNET_PAPER = {
 _UNET_TINY = dict(block_out_channels=(32, 64), attention_levels=(False, True), layers_per_block=1, dropout=0.0,
                   norm_groups=8, attention_head_dim=8)
 # WDDM's U-KAN configs ask for attention at level 0 at level 1 (the public code silently drops it; we honour it).
-_UKAN_PAPER = {1: {"cifar10": dict(ch=128, ch_mult=(1, 2), attn=(0,), dropout=0.1)},
+# STL-10 and CelebA-HQ 256: WDDM's public model configs (the released U-KAN files), not in PAPERS.md.
+_UKAN_PAPER = {1: {"cifar10": dict(ch=128, ch_mult=(1, 2), attn=(0,), dropout=0.1),
+                   "stl10": dict(ch=128, ch_mult=(1, 2, 2), attn=(2,), dropout=0.0),
+                   "celebahq256": dict(ch=64, ch_mult=(1, 2, 2, 4, 4), attn=(3, 4), dropout=0.0)},
                2: {"cifar10": dict(ch=128, ch_mult=(1,), attn=(), dropout=0.1)}}
 _UKAN_TINY = {1: dict(ch=32, ch_mult=(1, 2), attn=(), dropout=0.0), 2: dict(ch=32, ch_mult=(1,), attn=(), dropout=0.0)}
 _DIFF_TRAIN = {"cifar10": dict(batch_size=512, max_epochs=3000),
-               "celebahq256": dict(batch_size=64, max_epochs=500)}
+               "celebahq256": dict(batch_size=64, max_epochs=500),
+               "stl10": dict(batch_size=512, max_epochs=3000)}  # UNVERIFIED: CIFAR-10's (STL-10's not published)
 _DIFF_TINY_TRAIN = dict(batch_size=64, lr=5e-4, warmup_steps=50, max_steps=400, checkpoint_every=200)
 
 
@@ -230,6 +237,11 @@ class DiffusionFamily(Family):
     def build(self, cfg: RunConfig) -> DiffusionSystem:
         ev = cfg.eval
         return self.system(cfg.model, sampler=ev.sampler, steps=ev.steps, eta=ev.eta, spacing=ev.spacing)
+
+    def public_sources(self) -> tuple:
+        from bench.families.diffusion_weights import SOURCES  # imports bench.weights, which collects FAMILIES
+
+        return SOURCES
 
     def micro(self, cfg: RunConfig) -> dict:
         size = MICRO_UKAN if isinstance(cfg.model.denoiser, UKANConfig) else MICRO_UNET

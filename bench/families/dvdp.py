@@ -60,5 +60,8 @@ class DVDPFamily(DiffusionFamily):
     name = "dvdp"
     system = DVDPSystem
 
+    def public_sources(self) -> tuple:
+        return ()  # no public code or weights (PAPERS.md section 4)
+
 
 DVDP = DVDPFamily()

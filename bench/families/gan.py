@@ -270,5 +270,10 @@ class GANFamily(Family):
     def micro(self, cfg: RunConfig) -> dict:
         return dict(MICRO)
 
+    def public_sources(self) -> tuple:
+        from bench.families.gan_weights import SOURCES  # imports bench.weights, which collects from FAMILIES
+
+        return SOURCES
+
 
 GAN = GANFamily()
