@@ -88,6 +88,32 @@ def module_store(tmp_path_factory):
         yield _use_store(mp, tmp_path_factory.mktemp("store"))
 
 
+def fake_datasets(root: Path, n: int = 4) -> Path:
+    """$WAVEBENCH_DATA/<preset>/ for every data set preset that reads files: CIFAR-10 python batches of ``n``
+    random images each, or three 8x8 random PNGs per image folder."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    from bench import registry
+
+    rng = np.random.default_rng(0)
+    for preset, (data, _) in registry.DATASET_PRESETS.items():
+        if data.name == "cifar10":
+            folder = root / preset / "cifar-10-batches-py"
+            folder.mkdir(parents=True)
+            for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+                with open(folder / name, "wb") as f:
+                    pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                 "labels": rng.integers(0, 10, n).tolist()}, f)
+        elif data.name == "image-folder":
+            (root / preset).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / preset / f"{i}.png")
+    return root
+
+
 EVAL_MICRO = {"eval.metrics.num_samples": 24, "eval.sample_batch_size": 24, "eval.grid_images": 4,
               "eval.timing.batch_size": 4, "eval.timing.warmup": 0, "eval.timing.repeats": 2,
               "eval.metrics.kid_subsets": 5}

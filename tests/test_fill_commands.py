@@ -5,12 +5,9 @@
 The paper-scale grids read their data sets through ``$WAVEBENCH_DATA``: the module points it at a temporary
 folder of minimal fake data sets (a few tiny PNGs per image folder, CIFAR-10 python batches made with pickle),
 one per data set preset, so validation checks the paths for real."""
-import pickle
 import shlex
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from bench import registry
 from bench.config import ConfigError
@@ -18,6 +15,7 @@ from bench.data import DATA_ENV
 from bench.run import load_grid, validate
 from bench.run import main as run_main
 from reports import plots, table
+from conftest import fake_datasets
 
 PUB = table.load_published()
 
@@ -32,27 +30,9 @@ def _fill_commands() -> list[tuple[str, str, str | None, str]]:
 COMMANDS = _fill_commands()
 
 
-def _fake_datasets(root):
-    """$WAVEBENCH_DATA/<preset>/ for every preset that reads files: CIFAR-10 batches, or three 8x8 PNGs."""
-    rng = np.random.default_rng(0)
-    for preset, (data, _) in registry.DATASET_PRESETS.items():
-        if data.name == "cifar10":
-            folder = root / preset / "cifar-10-batches-py"
-            folder.mkdir(parents=True)
-            for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-                with open(folder / name, "wb") as f:
-                    pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-                                 "labels": rng.integers(0, 10, 4).tolist()}, f)
-        elif data.name == "image-folder":
-            (root / preset).mkdir(parents=True)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / preset / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def data_env(tmp_path_factory):
-    root = _fake_datasets(tmp_path_factory.mktemp("datasets"))
+    root = fake_datasets(tmp_path_factory.mktemp("datasets"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(DATA_ENV, str(root))
         yield root
@@ -112,7 +92,7 @@ def test_job_hashes_do_not_depend_on_where_the_data_is(tmp_path, monkeypatch):
     """The config keeps ``$WAVEBENCH_DATA/<preset>``; the path is expanded only to check and load the data."""
     hashes = []
     for where in ("a", "b"):
-        monkeypatch.setenv(DATA_ENV, str(_fake_datasets(tmp_path / where)))
+        monkeypatch.setenv(DATA_ENV, str(fake_datasets(tmp_path / where)))
         configs = validate(load_grid("experiments/celebahq256.yaml"))
         assert {c.data.root for c in configs} == {"$WAVEBENCH_DATA/celebahq256"}
         hashes.append([(registry.job_hash(c), registry.train_hash(c)) for c in configs])

@@ -2,6 +2,9 @@
 checkpoints through the runner. Weights here are a micro network's, written in the converter's checkpoint format
 (``kind: public-weights``); tests/test_weights.py converts the public layouts themselves."""
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from bench import registry, run
 from bench.config import ConfigError, to_dict
 from bench.job import load_init_weights, run_job
 from bench.train import CHECKPOINT_VERSION
-from conftest import micro
+from conftest import fake_datasets, micro, wait_s
 
 FAKE_SHA = hashlib.sha256(b"a public file").hexdigest()
 
@@ -140,3 +143,85 @@ def test_public_weights_run_through_the_runner_and_get_their_own_table_row(store
     fids = dict(zip(sec.data["variant"], sec.data["fid_mean"]))
     assert fids["wavediff"] != fids["wavediff [public weights: wavediff-test]"]  # two runs, never merged
     assert any("netG_test.pth" in line and "zero training steps" in line for line in sec.lines)
+
+
+GRID = Path(__file__).resolve().parents[1] / "experiments" / "public_weights.yaml"
+
+
+def test_the_public_weights_grid_evaluates_every_source_as_converted(tmp_path, monkeypatch):
+    """experiments/public_weights.yaml: one job per SOURCE (each once per sample format), every one valid with its
+    data set and converted file present, its model config the one the converter writes into the file."""
+    from bench import weights
+    from bench.run import load_grid, validate
+
+    monkeypatch.setenv("WAVEBENCH_DATA", str(fake_datasets(tmp_path / "data")))
+    monkeypatch.setenv("WAVEBENCH_WEIGHTS", str(tmp_path / "w"))
+    (tmp_path / "w").mkdir()
+    for name in weights.SOURCES:
+        (tmp_path / "w" / f"{name}.pt").touch()
+    configs = validate(load_grid(str(GRID)))
+    assert len(configs) == 2 * len(weights.SOURCES)
+    by_file = {}
+    for c in configs:
+        assert c.train.max_steps == 0 and c.eval.metrics.num_samples == 50000 and c.scale == "paper"
+        by_file.setdefault(c.init.weights, []).append(c)
+    assert set(by_file) == {f"$WAVEBENCH_WEIGHTS/{n}.pt" for n in weights.SOURCES}
+    for name, s in weights.SOURCES.items():
+        pair = by_file[f"$WAVEBENCH_WEIGHTS/{name}.pt"]
+        assert sorted(c.eval.metrics.sample_format for c in pair) == ["jpeg", "uint8"]
+        want = weights.source_config(name, prediction="noise" if s.needs_prediction else None)
+        for c in pair:
+            assert (c.variant, c.dataset) == (s.variant, s.dataset)
+            assert to_dict(c)["model"] == to_dict(want)["model"], name
+
+
+def test_a_converted_public_file_is_evaluated_by_the_runner_and_shown_in_the_table(store, tmp_path, monkeypatch):
+    """The whole path on CPU: a file in the public WaveDiff CIFAR-10 layout (random weights), `python -m bench.weights
+    convert`, the public_weights grid's job for it (both sample formats, fewer samples) through the runner, the
+    table's row."""
+    from test_weights import public_tensors, write
+
+    monkeypatch.setenv("WAVEBENCH_DATA", str(fake_datasets(tmp_path / "data", n=8)))
+    monkeypatch.setenv("WAVEBENCH_WEIGHTS", str(tmp_path / "w"))
+    f = write(public_tensors("wavediff-cifar10"), tmp_path / "netG_1300.pth")
+    conv = subprocess.run([sys.executable, "-m", "bench.weights", "convert", "wavediff-cifar10", str(f)],
+                          capture_output=True, text=True, timeout=wait_s(120))
+    assert conv.returncode == 0, conv.stderr
+    assert (tmp_path / "w" / "wavediff-cifar10.pt").is_file()
+
+    grid = yaml.safe_load(GRID.read_text())
+    grid["jobs"] = [j for j in grid["jobs"] if j["init"]["weights"].endswith("/wavediff-cifar10.pt")]
+    grid["experiment"] = "pw-cifar10"
+    grid["defaults"].update({"device": "cpu", "train.batch_size": 8, "eval.metrics.num_samples": 10, "eval.sample_batch_size": 10,
+                             "eval.grid_images": 4, "eval.timing.batch_size": 2, "eval.timing.warmup": 0,
+                             "eval.timing.repeats": 1, "eval.metrics.kid_subsets": 5})
+    grid["defaults"]["eval"] = {}
+    grid["executor"] = {"name": "local", "max_parallel": 1, "timeout_min": 20}
+    p = tmp_path / "pw.yaml"
+    p.write_text(yaml.safe_dump(grid))
+    assert run.main(["--grid", str(p)]) == 0
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("pw-cifar10")
+    jobs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs)
+    sha = hashlib.sha256(f.read_bytes()).hexdigest()
+    for r in jobs:
+        assert r.data.tags["weights_source"] == "wavediff-cifar10" and r.data.tags["weights_sha256"] == sha
+        assert r.data.tags["weights_file"] == "netG_1300.pth" and r.data.tags["weights_published_fid"] == "4.01"
+        assert "fid" in r.data.metrics and not [k for k in r.data.metrics if k.startswith("train_")]
+    assert {r.data.tags["metric_sample_format"] for r in jobs} == {"uint8", "jpeg"}
+
+    from reports import table
+
+    rep = table.build_report("cifar10", experiment="pw-cifar10")
+    assert len(rep.sections) == 2  # the samples as they are, and through JPEG: two protocols
+    jpeg = next(s for s in rep.sections if s.protocol.sample_format == "jpeg")
+    assert "samples through jpeg (the papers' way)" in jpeg.heading
+    row = "WaveDiff (public weights, measured here: wavediff-cifar10)"
+    for sec in rep.sections:
+        models = list(sec.frame["Model"])
+        assert models[models.index(row) - 1] == "WaveDiff"
+        paper = sec.frame[sec.frame["Model"] == "WaveDiff"].iloc[0]
+        assert paper["FID (published)"] == "4.01" and paper["FID (measured)"] == "missing"  # no trained run here
+        assert any(sha[:16] in line and "netG_1300.pth" in line for line in sec.lines)
+    assert any("JPEG round trip" in line for line in jpeg.lines)

@@ -1,0 +1,1 @@
+"""Networks and processes: no tracking, no I/O."""

@@ -1,0 +1,355 @@
+"""Building blocks of the NCSN++ generator with adaptive GroupNorm (DDGAN / WaveDiff).
+
+FIR resampling uses fixed depthwise convolutions whose filters are built once, as non-persistent buffers
+sized for the layer's channel count. Every DWT / IDWT goes through :mod:`models.wavelet`.
+
+Speed on CPU (same arithmetic as the plain formulation, up to float rounding): the adaptive GroupNorm is one
+native ``group_norm`` call over (1, B*C) channels with the per-sample gamma / beta as its affine parameters;
+residual sums and the time bias are added in place to freshly computed convolution outputs (never to a tensor
+autograd saved); SiLU runs in place when no gradient is being recorded. Each avoids allocating and writing a
+full-size activation, which dominates these layers at sampling batch sizes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.wavelet import haar_dwt, haar_idwt
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialisation (DDPM-style variance scaling, uniform)
+# --------------------------------------------------------------------------------------------------
+
+
+def variance_scaling_(weight: torch.Tensor, scale: float = 1.0, mode: str = "fan_avg") -> torch.Tensor:
+    """Uniform variance-scaling init in place; ``scale`` 0 means 1e-10 (a near-zero, trainable layer)."""
+    scale = 1e-10 if scale == 0 else scale
+    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
+    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    bound = math.sqrt(3.0 * scale / fan)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
+
+
+def conv2d(in_ch: int, out_ch: int, kernel: int = 3, init_scale: float = 1.0, groups: int = 1,
+           stride: int = 1) -> nn.Conv2d:
+    """Convolution with 'same' padding (for stride 1), DDPM init and zero bias."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups)
+    variance_scaling_(conv.weight, init_scale)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def linear(in_dim: int, out_dim: int, init_scale: float = 1.0, mode: str = "fan_avg") -> nn.Linear:
+    """Linear layer with DDPM init and zero bias."""
+    lin = nn.Linear(in_dim, out_dim)
+    variance_scaling_(lin.weight, init_scale, mode)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+def num_groups(channels: int) -> int:
+    """GroupNorm group count of NCSN++: min(channels // 4, 32)."""
+    return max(1, min(channels // 4, 32))
+
+
+def silu(h: torch.Tensor) -> torch.Tensor:
+    """SiLU of a freshly computed tensor: in place unless autograd is recording ``h``."""
+    return F.silu(h, inplace=not (torch.is_grad_enabled() and h.requires_grad))
+
+
+def residual(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tensor:
+    """(x + h) * (1 / sqrt 2) (or x + h), written into ``h``: a fresh output that autograd did not save."""
+    h = h.add_(x)
+    return h.mul_(_INV_SQRT2) if skip_rescale else h
+
+
+# --------------------------------------------------------------------------------------------------
+# Embeddings and normalisation
+# --------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = False,
+                       downscale_freq_shift: float = 1.0, max_period: float = 10000.0) -> torch.Tensor:
+    """The one sinusoidal embedding of (B,) time indices, (B, dim), parameterised as diffusers'
+    ``get_timestep_embedding``: frequencies w_i = max_period^(-i / (half - downscale_freq_shift)), i < half =
+    dim // 2; halves [sin(t w), cos(t w)], or [cos, sin] with ``flip_sin_to_cos``; an odd dim gets a zero column.
+
+    The networks' conventions: NCSN++ and the DDGAN discriminators (the defaults: shift 1, sin first); the
+    diffusers-layout UNet (shift 0, cos first); U-KAN (shift 0, sin first)."""
+    half = dim // 2
+    exponent = -math.log(max_period) / max(half - downscale_freq_shift, 1)
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * exponent)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)],
+                    dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class PixelNorm(nn.Module):
+    """x / sqrt(mean(x^2) + 1e-8) over the feature dimension."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """GroupNorm without affine parameters, then gamma(z) * x + beta(z) from a linear map of the latent."""
+
+    def __init__(self, channels: int, style_dim: int):
+        super().__init__()
+        self.groups = num_groups(channels)
+        self.style = linear(style_dim, 2 * channels, mode="fan_out")
+        with torch.no_grad():
+            self.style.bias[:channels] = 1.0  # gamma starts at 1, beta at 0
+
+    def forward(self, x: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+        # GroupNorm over (B, C) with G groups is GroupNorm over (1, B*C) with B*G groups; the per-sample
+        # gamma / beta are then its per-channel affine: one fused pass instead of normalise, then scale-shift.
+        b, c = x.shape[:2]
+        gamma, beta = self.style(zemb).view(b, 2, c).transpose(0, 1).reshape(2, b * c)  # one small copy
+        out = F.group_norm(x.reshape(1, b * c, *x.shape[2:]), b * self.groups, gamma, beta, eps=1e-6)
+        return out.view(x.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# FIR up / down sampling (StyleGAN2 / NCSN++ semantics, zero padding, even-length kernels)
+# --------------------------------------------------------------------------------------------------
+
+
+def _fir_filter(kernel: Sequence[int], channels: int, gain: float) -> torch.Tensor:
+    """Depthwise (channels, 1, K, K) filter: outer(k, k) normalised to sum ``gain``, flipped for conv2d."""
+    k = torch.tensor(kernel, dtype=torch.float32)
+    if k.dim() != 1 or len(k) % 2:
+        raise ValueError(f"fir_kernel must be a 1-D sequence of even length, got {tuple(kernel)}")
+    k2 = torch.outer(k, k)
+    k2 = (k2 / k2.sum() * gain).flip(0, 1)
+    return k2[None, None].repeat(channels, 1, 1, 1).contiguous()
+
+
+class FirDownsample(nn.Module):
+    """Blur with the FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int, kernel: Sequence[int] = (1, 3, 3, 1)):
+        super().__init__()
+        self.register_buffer("filter", _fir_filter(kernel, channels, 1.0), persistent=False)
+        self.pad = (len(kernel) - 2) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.filter, stride=2, padding=self.pad, groups=x.shape[1])
+
+
+class FirUpsample(nn.Module):
+    """Zero-insertion upsampling by 2 followed by the FIR kernel (gain 4), as one transposed depthwise conv."""
+
+    def __init__(self, channels: int, kernel: Sequence[int] = (1, 3, 3, 1)):
+        super().__init__()
+        self.register_buffer("filter", _fir_filter(kernel, channels, 4.0).flip(2, 3).contiguous(),
+                             persistent=False)
+        self.pad = len(kernel) // 2 - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.filter, stride=2, padding=self.pad, groups=x.shape[1])
+
+
+class FirConvDownsample(nn.Module):
+    """FIR blur then 3x3 convolution with stride 2 (StyleGAN2's fused conv-downsample), with bias."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
+        super().__init__()
+        self.weight = nn.Parameter(variance_scaling_(torch.empty(out_ch, in_ch, 3, 3)))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.register_buffer("filter", _fir_filter(kernel, in_ch, 1.0), persistent=False)
+        self.pad = len(kernel) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.filter, padding=self.pad, groups=x.shape[1])
+        return F.conv2d(x, self.weight, self.bias, stride=2)
+
+
+class FirConvUpsample(nn.Module):
+    """3x3 transposed convolution with stride 2, then FIR blur (gain 4): StyleGAN2's fused upsample-conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
+        super().__init__()
+        # Stored in conv_transpose2d layout (in, out, 3, 3).
+        self.weight = nn.Parameter(variance_scaling_(torch.empty(in_ch, out_ch, 3, 3)))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.register_buffer("filter", _fir_filter(kernel, out_ch, 4.0), persistent=False)
+        self.pad = len(kernel) // 2 - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv_transpose2d(x, self.weight, stride=2)
+        x = F.conv2d(x, self.filter, padding=self.pad, groups=x.shape[1])
+        return x + self.bias[:, None, None]
+
+
+class WaveletDownsample(nn.Module):
+    """Frequency residual connection: DWT, the 4 subbands stacked and divided by 2, then a 3x3 conv."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = conv2d(4 * in_ch, out_ch, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(haar_dwt(x) / 2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention and residual blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions (NCSN++ AttnBlockpp), residual scaled by 1/sqrt(2)."""
+
+    def __init__(self, channels: int, skip_rescale: bool = True):
+        super().__init__()
+        self.norm = nn.GroupNorm(num_groups(channels), channels, eps=1e-6)
+        self.qkv = linear(channels, 3 * channels)
+        for w in self.qkv.weight.data.chunk(3, dim=0):  # q, k and v each initialised as a C x C map
+            variance_scaling_(w, 0.1)
+        self.proj = linear(channels, channels, init_scale=0.0)
+        self.skip_rescale = skip_rescale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hh, ww = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q, k, v = self.qkv(tokens).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, HW, C) each
+        h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        h = x + self.proj(h).transpose(1, 2).reshape(b, c, hh, ww)  # laid out like x
+        return h.mul_(_INV_SQRT2) if self.skip_rescale else h
+
+
+class ResBlock(nn.Module):
+    """BigGAN-style residual block with adaptive GroupNorm and a time bias; optional FIR up/down sampling.
+
+    ``temb`` given to ``forward`` is the time embedding after SiLU (computed once per network call).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int | None = None, temb_dim: int = 512, zemb_dim: int = 256,
+                 resample: str = "none", dropout: float = 0.0, skip_rescale: bool = True,
+                 fir_kernel: Sequence[int] = (1, 3, 3, 1)):
+        super().__init__()
+        out_ch = out_ch or in_ch
+        if resample not in ("none", "up", "down"):
+            raise ValueError(f"resample must be 'none', 'up' or 'down', got {resample!r}")
+        self.in_ch, self.out_ch, self.resample = in_ch, out_ch, resample
+        self.norm0 = AdaptiveGroupNorm(in_ch, zemb_dim)
+        self.conv0 = conv2d(in_ch, out_ch, 3)
+        self.temb_proj = linear(temb_dim, out_ch)
+        self.norm1 = AdaptiveGroupNorm(out_ch, zemb_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = conv2d(out_ch, out_ch, 3, init_scale=0.0)
+        self.skip = conv2d(in_ch, out_ch, 1) if (in_ch != out_ch or resample != "none") else None
+        self.skip_rescale = skip_rescale
+        self._init_resampler(in_ch, fir_kernel)
+
+    def _init_resampler(self, channels: int, fir_kernel: Sequence[int]) -> None:
+        if self.resample == "up":
+            self.fir = FirUpsample(channels, fir_kernel)
+        elif self.resample == "down":
+            self.fir = FirDownsample(channels, fir_kernel)
+
+    def _finish(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+        """``h``: a fresh tensor (conv0's output or a transform of it) that autograd did not save."""
+        h = h.add_(self.temb_proj(temb)[:, :, None, None])
+        h = self.conv1(self.dropout(silu(self.norm1(h, zemb))))
+        return residual(x, h, self.skip_rescale)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+        h = silu(self.norm0(x, zemb))
+        if self.resample != "none":
+            h, x = self.fir(h), self.fir(x)
+        h = self.conv0(h)
+        if self.skip is not None:
+            x = self.skip(x)
+        return self._finish(x, h, temb, zemb)
+
+
+class WaveletResBlock(ResBlock):
+    """Frequency-aware down / up block of the W-Generator.
+
+    down: conv0 and the 1x1 shortcut run at full resolution; both are DWT'd, their LL / 2 continues and the
+    main path's three detail bands are returned as the skip. ``forward`` returns (out, details).
+    up: conv0 and the shortcut run at low resolution; the kept details pass a grouped 3x3 conv (one group per
+    band, input / 2, output * 2) and IDWT(2 h, details) replaces upsampling on both paths.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int | None = None, temb_dim: int = 512, zemb_dim: int = 256,
+                 resample: str = "down", dropout: float = 0.0, skip_rescale: bool = True,
+                 detail_ch: int | None = None):
+        if resample not in ("up", "down"):
+            raise ValueError(f"WaveletResBlock resamples: resample must be 'up' or 'down', got {resample!r}")
+        super().__init__(in_ch, out_ch, temb_dim, zemb_dim, resample, dropout, skip_rescale)
+        if resample == "up":
+            if detail_ch is None:
+                raise ValueError("an up WaveletResBlock needs detail_ch (channels of the kept detail bands)")
+            self.detail_conv = conv2d(3 * detail_ch, 3 * self.out_ch, 3, groups=3)
+
+    def _init_resampler(self, channels: int, fir_kernel: Sequence[int]) -> None:
+        pass  # the DWT / IDWT replace the FIR filters
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor,
+                details: torch.Tensor | None = None):
+        h = self.conv0(silu(self.norm0(x, zemb)))
+        x = self.skip(x)
+        if self.resample == "down":
+            c = h.shape[1]
+            hw = haar_dwt(h)
+            h, details = hw[:, :c] / 2.0, hw[:, c:]
+            x = haar_dwt(x)[:, :c] / 2.0
+            return self._finish(x, h, temb, zemb), details
+        if details is None:
+            raise ValueError("an up WaveletResBlock needs the detail bands kept by its down block")
+        details = self.detail_conv(details / 2.0).mul_(2.0)  # fresh convolution outputs: scaled in place
+        h = haar_idwt(torch.cat([h.mul_(2.0), details], dim=1))
+        x = haar_idwt(torch.cat([x.mul_(2.0), details], dim=1))
+        return self._finish(x, h, temb, zemb)
+
+
+class MidBlock(nn.Module):
+    """Middle of the U-Net: ResBlock, attention, ResBlock at the lowest resolution."""
+
+    def __init__(self, channels: int, temb_dim: int, zemb_dim: int, dropout: float, skip_rescale: bool,
+                 fir_kernel: Sequence[int]):
+        super().__init__()
+        self.block1 = ResBlock(channels, channels, temb_dim, zemb_dim, "none", dropout, skip_rescale, fir_kernel)
+        self.attn = AttnBlock(channels, skip_rescale)
+        self.block2 = ResBlock(channels, channels, temb_dim, zemb_dim, "none", dropout, skip_rescale, fir_kernel)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+        h = self.block1(h, temb, zemb)
+        h = self.attn(h)
+        return self.block2(h, temb, zemb)
+
+
+class FrequencyBottleneck(MidBlock):
+    """W-Generator middle: the ResBlocks act on LL / 2 of the features (DWT -> block -> IDWT(2 x, details)).
+
+    Attention stays at full resolution. As in the public implementation, ``block2`` runs twice: once on the
+    full-resolution features, then (same weights) on their LL band.
+    """
+
+    @staticmethod
+    def _on_ll(block: ResBlock, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+        c = h.shape[1]
+        hw = haar_dwt(h)
+        ll = block(hw[:, :c] / 2.0, temb, zemb)  # a block's output is fresh: doubled in place
+        return haar_idwt(torch.cat([ll.mul_(2.0), hw[:, c:]], dim=1))
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+        h = self._on_ll(self.block1, h, temb, zemb)
+        h = self.attn(h)
+        h = self.block2(h, temb, zemb)
+        return self._on_ll(self.block2, h, temb, zemb)

@@ -1,0 +1,1 @@
+"""Tables and plots rendered from MLflow, next to the published numbers."""
