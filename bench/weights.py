@@ -412,7 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.source}: wrote {target}")
+    ckpt = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
+    src, sd = ckpt["source"], ckpt["state_dict"]
+    print(f"{args.source}: {src['file']} (sha256 {src['sha256']}) -> {target}\n"
+          f"  {src['variant']} on {src['dataset']} at paper scale: {len(sd)} tensors, "
+          f"{sum(t.numel() for t in sd.values()):,} values, loaded strictly (every public tensor used once)\n"
+          f"  evaluate it: python -m bench.run --grid public_weights (its job's init.weights: "
+          f"${WEIGHTS_ENV}/{args.source}.pt)")
     return 0
 
 
