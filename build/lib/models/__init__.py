@@ -1,1 +1,0 @@
-"""Networks and processes: no tracking, no I/O."""

@@ -1,1 +1,0 @@
-"""Tables and plots rendered from MLflow, next to the published numbers."""
