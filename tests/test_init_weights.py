@@ -111,6 +111,16 @@ def test_a_zero_step_job_evaluates_the_weights_without_training_metrics(store, t
     assert torch.equal(generate(job_system, 4, 4, 3, torch.device("cpu")), ours)
 
 
+def _run_grid(grid: dict, tmp_path, store) -> list:
+    """Run ``grid`` through the runner (every job must finish); its job runs."""
+    p = tmp_path / f"{grid['name']}.yaml"
+    p.write_text(yaml.safe_dump(grid))
+    assert run.main(["--grid", str(p)]) == 0
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(grid["experiment"])
+    return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+
+
 def test_public_weights_run_through_the_runner_and_get_their_own_table_row(store, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WAVEBENCH_WEIGHTS", str(tmp_path))
     _public_checkpoint(tmp_path / "wavediff-test.pt")
@@ -120,12 +130,7 @@ def test_public_weights_run_through_the_runner_and_get_their_own_table_row(store
                      {"variant": "wavediff", "init.weights": "$WAVEBENCH_WEIGHTS/wavediff-test.pt",
                       "train.max_steps": 0}],
             "executor": {"name": "local", "max_parallel": 1, "timeout_min": 10}}
-    p = tmp_path / "pw.yaml"
-    p.write_text(yaml.safe_dump(grid))
-    assert run.main(["--grid", str(p)]) == 0
-    client = MlflowClient(store)
-    exp = client.get_experiment_by_name("pw-grid")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    children = _run_grid(grid, tmp_path, store)
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
     public = [r for r in children if r.data.tags.get("weights_source")]
     assert len(public) == 1 and "train_steps" not in public[0].data.metrics
@@ -192,17 +197,12 @@ def test_a_converted_public_file_is_evaluated_by_the_runner_and_shown_in_the_tab
     grid = yaml.safe_load(GRID.read_text())
     grid["jobs"] = [j for j in grid["jobs"] if j["init"]["weights"].endswith("/wavediff-cifar10.pt")]
     grid["experiment"] = "pw-cifar10"
-    grid["defaults"].update({"device": "cpu", "train.batch_size": 8, "eval.metrics.num_samples": 10, "eval.sample_batch_size": 10,
-                             "eval.grid_images": 4, "eval.timing.batch_size": 2, "eval.timing.warmup": 0,
+    grid["defaults"].update({"device": "cpu", "train.batch_size": 8, "eval.metrics.num_samples": 10,
+                             "eval.sample_batch_size": 10, "eval.grid_images": 4, "eval.timing.batch_size": 2, "eval.timing.warmup": 0,
                              "eval.timing.repeats": 1, "eval.metrics.kid_subsets": 5})
     grid["defaults"]["eval"] = {}
     grid["executor"] = {"name": "local", "max_parallel": 1, "timeout_min": 20}
-    p = tmp_path / "pw.yaml"
-    p.write_text(yaml.safe_dump(grid))
-    assert run.main(["--grid", str(p)]) == 0
-    client = MlflowClient(store)
-    exp = client.get_experiment_by_name("pw-cifar10")
-    jobs = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    jobs = _run_grid(grid, tmp_path, store)
     assert len(jobs) == 2 and all(r.info.status == "FINISHED" for r in jobs)
     sha = hashlib.sha256(f.read_bytes()).hexdigest()
     for r in jobs:
