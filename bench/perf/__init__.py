@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             ap.error(f"unknown section(s) {', '.join(bad)}; valid: {', '.join(SECTIONS)}")
     if (args.repeats is not None and args.repeats < 1) or any(
-            (over.get(k) or 1) < 1 for k in ("sample_batch", "train_batch", "threads", "train_steps")):
+            over.get(k, 1) < 1 for k in ("sample_batch", "train_batch", "threads", "train_steps")):
         ap.error("--repeats, --sample-batch, --train-batch, --train-steps and --threads must be >= 1")
     if args.train_warmup is not None and args.train_warmup < 1:
         ap.error("--train-warmup must be >= 1 (the first step builds the optimiser state)")
