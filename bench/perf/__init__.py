@@ -13,8 +13,10 @@ Sections:
    as evaluation runs it (batch 100, fixed x_T; CUDA graphs on a GPU); one denoiser call ("per step") of ddpm /
    wddm-unet-l1/-l2 / wddm-ukan-l1/-l2; dvdp vs ddpm per sample; on CUDA, CUDA graphs vs eager for the GAN samplers
    and the DDPM denoiser loop. Achieved TFLOP/s and share of the GPU's published peak.
-3. ``training``: images/s of the suite's own training loops over a fixed number of steps after warm-up, per training
-   precision (fp32, and bf16 on GPUs), with FLOPs per step and achieved TFLOP/s (share of the GPU's peak).
+3. ``training``: images/s of the suite's own training loops, one trainer per arm kept across the rounds, each round
+   timing whole step cycles (a GAN's lazy_reg: R1 steps included) after warm-up, per training precision (fp32, and
+   bf16 on GPUs), with FLOPs per step and achieved TFLOP/s (share of the GPU's peak); ``--profile`` writes a
+   torch.profiler kernel table per arm to ``<out>-profiles/``.
 4. ``overhead``: a training step with MLflow logging every step (real SQLite store, buffered ``Tracker``) vs
    ``NullTracker``; ``compute_metrics`` time per 1,000 digit samples; feature extraction per 1,000 images for each
    metric backbone whose weights are available (CPU, and the GPU when there is one).
@@ -32,9 +34,11 @@ Protocol: every figure is the median and min-max of interleaved rounds (A B C A 
 device synchronisation (CUDA events on GPU); ratios are taken per round between arms of the same round and
 summarised the same way. FLOPs are counted on the meta device (no arithmetic) as 2 x multiply-adds.
 
-Duration on 2 CPU cores: ``--quick`` (tiny networks, batch 8) 25-40 s; the full run (3 rounds, 2 for the whole
-GAN samplers) about 10 minutes on an idle machine and 15-17 under heavy load, dominated by the paper-size DDGAN
-sampler at batch 100 (about 30 s per call) and the paper-size DDPM denoiser call (about 11 s at batch 100).
+Duration on 2 CPU cores: ``--quick`` (tiny networks, batch 8) 25-40 s before the ops section, 53 s with it under
+heavy load (ops 11 s); the full run (3 rounds, 2 for the whole GAN samplers) about 10 minutes on an idle machine
+and 15-17 under heavy load before the ops section (about 2 minutes) and before the GANs' training windows became
+whole lazy_reg cycles (15 steps instead of 2: not remeasured), dominated by the paper-size DDGAN sampler at batch
+100 (about 30 s per call) and the paper-size DDPM denoiser call (about 11 s at batch 100).
 ``--repeats``, ``--sample-batch`` and ``--sections`` bound it. On CUDA the full run uses 10 warm-up and 20 timed
 rounds unless ``--repeats`` is given. On a shared CPU, ``--threads 1`` avoids stalls between threads.
 """

@@ -184,7 +184,7 @@ def kernel_table(prof: torch.profiler.profile, steps: int, device: torch.device,
     events = prof.events()
     if device.type == "cuda":
         n = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-        what, sort = "CUDA kernel launches (and memcpy / memset) per step", "self_cuda_time_total"
+        what, sort = "CUDA kernel launches (and memcpy / memset) per step", "self_device_time_total"
     else:
         n = sum(1 for e in events if e.name.startswith("aten::"))
         what, sort = "aten op events per step (nested calls included; no kernels on the CPU)", "self_cpu_time_total"
