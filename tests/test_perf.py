@@ -6,6 +6,7 @@ smoke run several times slower without testing anything more; the benchmark rest
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,12 +21,11 @@ def quick(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert perf.main(["--quick", "--no-mlflow", "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
+        assert perf.main(["--quick", "--no-mlflow", "--device", "cpu", "--threads", "1", "--out", str(out),
+                          "--profile", "--json", str(out.parent / "ops.json")]) == 0
         assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(threads)
-    import json
-
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
 
@@ -40,7 +40,7 @@ def test_report_has_every_section_with_numbers(quick):
     assert "1 torch threads" in text
     for head in ("# wavebench performance benchmark", "## 1. Haar transform", "## 2. Sampling", "### Whole sampler",
                  "### DDPM vs WDDM: per step", "### DVDP vs DDPM, per sample", "## 3. Training throughput",
-                 "## 4. Suite overhead", "Protocol: device cpu"):
+                 "## 4. Suite overhead", "## 5. Aten ops per training step", "Protocol: device cpu"):
         assert head in text, head
     for name in perf.GAN_GROUP + perf.STEP_GROUP + (perf.DVDP_VARIANT,):
         assert re.search(rf"^\| {re.escape(name)} \|", text, re.M), name
@@ -102,6 +102,60 @@ def test_sampling_and_training_numbers(quick):
     assert rows["wavediff"]["gflops_per_image"] < rows["ddgan"]["gflops_per_image"]
 
 
+def test_training_times_whole_step_cycles_with_one_trainer_per_arm(quick):
+    text, res = quick
+    tr = res["training"]
+    for grp in tr["groups"]:
+        for v in grp["rows"]:  # quick: a GAN's cycle cut to 2 steps (R1, plain), others' cycle is 1 step
+            assert v["timed_steps"] == 2, v
+    assert "Quick mode: step cycles cut to 2 steps" in text
+    names = {v["variant"] for grp in tr["groups"] for v in grp["rows"]}
+    assert sorted(Path(p).name for p in tr["profiles"]) == sorted(f"{n}-fp32.txt" for n in names)
+    for p in tr["profiles"]:
+        head = Path(p).read_text().splitlines()
+        assert head[0].startswith(f"# {Path(p).stem[:-5]}, fp32, batch 4, 2 steps, cpu")
+        per_step = int(re.match(r"aten op events per step .*: (\d+) \(", head[2]).group(1))
+        assert per_step > 100 and "aten::convolution" in Path(p).read_text()
+
+
+def test_train_session_runs_one_trainer_across_rounds(one_thread):
+    from bench import registry
+    from bench.perf.training import TrainSession, _train_images
+    from conftest import micro
+
+    cfg = registry.resolve(micro("ddpm"))
+    torch.manual_seed(0)
+    system = registry.build(cfg)
+    before = [p.detach().clone() for p in system.denoiser.parameters()]
+    session = TrainSession(cfg, system, _train_images(cfg, 16, 5, 0), torch.device("cpu"), warmup=1, steps=2,
+                           windows=2, seed=0)
+    try:
+        assert session.cfg.train.max_steps == 5  # warm-up + two windows, one trainer
+        assert all(session.round() > 0 for _ in range(2))
+        assert any(not torch.equal(a, b) for a, b in zip(before, system.denoiser.parameters()))
+        with pytest.raises(RuntimeError, match="stopped before its last window"):
+            session.round()  # its step budget is spent: the rounds were steps of the same trainer
+    finally:
+        session.close()
+
+
+def test_ops_section_and_json(quick, tmp_path):
+    text, res = quick
+    table = res["ops"]["table"]
+    ops_json = json.loads((Path(res["config"]["profile"]).parent / "ops.json").read_text())
+    assert ops_json == table
+    assert set(table) == set(perf.ops.OPS_VARIANTS)
+    for v, precs in table.items():
+        assert set(precs) == {"fp32", "bf16"}
+        for prec, f in precs.items():
+            assert f["plain_step"] > f["sampler_call"] > 0, (v, prec)
+            assert (f["r1_step"] > f["plain_step"]) if v in perf.GAN_GROUP else f["r1_step"] is None, (v, prec)
+        assert re.search(rf"^\| {re.escape(v)} \| bf16 \| [0-9,]+ \|", text, re.M), v
+    # bf16 sampling casts the weights once: few casts per network call, where the bare network casts each weight
+    call = res["ops"]["counts"]["wavediff"]["bf16"]["sampler_call"]
+    assert call["casts"] * 10 < call["casts_per_call_uncached"], call
+
+
 def test_overhead_section(quick):
     _, res = quick
     lg = res["overhead"]["logging"]
@@ -152,6 +206,14 @@ def test_rounds_interleave_arms_and_drop_warmup():
 def test_unknown_section_is_an_error():
     with pytest.raises(SystemExit):
         perf.main(["--quick", "--sections", "haar,nope", "--no-mlflow"])
+
+
+@pytest.mark.parametrize("args", [["--train-warmup", "0"], ["--train-steps", "0"], ["--sections", "haar", "--json",
+                                  "x.json"], ["--quick", "--write-budgets"]])
+def test_bad_flags_are_errors(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        perf.main(["--no-mlflow", "--device", "cpu", *args])
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err
 
 
 def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path, monkeypatch):

@@ -81,3 +81,50 @@ def test_a_job_records_how_it_sampled(store, tmp_path):
     protocol = json.loads(open(client.download_artifacts(r.run_id, "eval_summary.json", str(tmp_path))).read())[
         "protocol"]
     assert protocol["sampler_precision"] == "bf16" and protocol["sampler_cuda_graphs"] == "off (not on cpu)"
+
+
+def _to_copies(fn) -> int:
+    from bench.perf.ops import OpCounter
+
+    with OpCounter() as c:
+        fn()
+    return c.by_op["aten._to_copy.default"]
+
+
+@pytest.mark.parametrize("emulate_graphs", [False, True])
+def test_bf16_weights_are_cast_once_with_the_same_samples(emulate_graphs, one_thread):
+    """eval.precision bf16: the sampling network's weights are cast to bf16 once, not at every network call (under
+    CUDA graphs: not at every replay); the samples are bit-identical to plain autocast's, also after the weights
+    change in place (an EMA step) or are replaced."""
+    from bench.train import autocast
+
+    system = _system("ddgan")
+    net, cpu = system.sampling_network, torch.device("cpu")
+    x_T = torch.randn(system.state_shape(3), generator=torch.Generator().manual_seed(1))
+
+    def plain():  # what EvalSampler did before: autocast without its cache, every weight cast at every call
+        with torch.no_grad(), autocast(cpu, "bf16", cache=False):
+            return system.sample(x_T, rng=torch.Generator().manual_seed(2)).float()
+
+    sampler = EvalSampler(system, cpu, precision="bf16", emulate_graphs=emulate_graphs)
+    for _ in range(2):  # the first call finds and copies the weights autocast casts, the second uses the copies
+        assert torch.equal(sampler(x_T, torch.Generator().manual_seed(2)), plain())
+    copies = len(sampler.cast.copies)
+    params = sum(1 for p in net.parameters() if p.is_floating_point())
+    assert copies >= params - 10  # all but a few norm weights (fp32 ops keep fp32 weights)
+    nfe = system.nfe
+    before = _to_copies(plain)
+    after = _to_copies(lambda: sampler(x_T, torch.Generator().manual_seed(2)))
+    # no cast of a copied weight at any call (some weights were cast more than once per call)
+    assert after <= before - nfe * copies, (before, after, nfe, copies)
+    with torch.no_grad():
+        for p in net.parameters():  # in place, as an EMA step: the copies follow (one cast per weight)
+            p.mul_(1.01)
+    assert _to_copies(lambda: sampler(x_T, torch.Generator().manual_seed(2))) == after
+    assert torch.equal(sampler(x_T, torch.Generator().manual_seed(2)), plain())
+    first = next(net.parameters())
+    first_name = next(n for n, _ in net.named_parameters())
+    net.get_submodule(first_name.rsplit(".", 1)[0]).register_parameter(
+        first_name.rsplit(".", 1)[1], torch.nn.Parameter(first.detach() * 0.5))  # replaced: watched again
+    assert torch.equal(sampler(x_T, torch.Generator().manual_seed(2)), plain())
+    assert first_name in sampler.cast.copies and sampler.cast._sources[first_name] is net.get_parameter(first_name)

@@ -119,6 +119,11 @@ class Family(ABC):
         converter), kept beside the family's module; ``python -m bench.weights list`` collects them."""
         return ()
 
+    def with_short_cycle(self, cfg: RunConfig) -> RunConfig:
+        """``cfg`` whose step schedule, when it has a cycle, repeats every two steps (steps 0, 2, 4, ... costly):
+        what counting one step of each kind in steady state runs (bench/perf/ops.py)."""
+        return cfg
+
     @abstractmethod
     def micro(self, cfg: RunConfig) -> dict:
         """Overrides that make a variant's default config the smallest that still runs every code path (the

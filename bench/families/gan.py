@@ -267,6 +267,9 @@ class GANFamily(Family):
     def without_step_extras(self, cfg: RunConfig) -> RunConfig:
         return replace(cfg, train=replace(cfg.train, lazy_reg=max(2, cfg.train.lazy_reg)))
 
+    def with_short_cycle(self, cfg: RunConfig) -> RunConfig:
+        return replace(cfg, train=replace(cfg.train, lazy_reg=2)) if self.step_cycle(cfg) > 1 else cfg
+
     def micro(self, cfg: RunConfig) -> dict:
         return dict(MICRO)
 

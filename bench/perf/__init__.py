@@ -2,7 +2,8 @@
 
     python -m bench.perf [--quick] [--device auto|cpu|cuda] [--out reports/out/perf.md] [--no-mlflow]
                          [--repeats N] [--sample-batch N] [--train-batch N] [--scale paper|tiny]
-                         [--sections haar,sampling,training,overhead] [--threads N]
+                         [--sections haar,sampling,training,overhead,ops] [--threads N]
+                         [--train-warmup N] [--train-steps N] [--profile] [--json FILE] [--write-budgets]
 
 Sections:
 
@@ -12,11 +13,19 @@ Sections:
    as evaluation runs it (batch 100, fixed x_T; CUDA graphs on a GPU); one denoiser call ("per step") of ddpm /
    wddm-unet-l1/-l2 / wddm-ukan-l1/-l2; dvdp vs ddpm per sample; on CUDA, CUDA graphs vs eager for the GAN samplers
    and the DDPM denoiser loop. Achieved TFLOP/s and share of the GPU's published peak.
-3. ``training``: images/s of the suite's own training loops over a fixed number of steps after warm-up, per training
-   precision (fp32, and bf16 on GPUs), with FLOPs per step and achieved TFLOP/s (share of the GPU's peak).
+3. ``training``: images/s of the suite's own training loops, one trainer per arm kept across the rounds, each round
+   timing whole step cycles (a GAN's lazy_reg: R1 steps included) after warm-up, per training precision (fp32, and
+   bf16 on GPUs), with FLOPs per step and achieved TFLOP/s (share of the GPU's peak); ``--profile`` writes a
+   torch.profiler kernel table per arm to ``<out>-profiles/``.
 4. ``overhead``: a training step with MLflow logging every step (real SQLite store, buffered ``Tracker``) vs
    ``NullTracker``; ``compute_metrics`` time per 1,000 digit samples; feature extraction per 1,000 images for each
    metric backbone whose weights are available (CPU, and the GPU when there is one).
+
+5. ``ops``: aten ops dispatched per training step (plain and R1) and per sampling-network call, fp32 and bf16,
+   counted on the CPU through the suite's own trainers and sampler (bench/perf/ops.py says exactly what is
+   counted); ``--json FILE`` writes ``{variant: {precision: {"plain_step", "r1_step", "sampler_call"}}}``,
+   ``--write-budgets`` makes the counts the committed budgets (bench/perf/op_budgets.json) that
+   tests/test_op_budget.py holds every count to (+5%).
 
 Each section is a module of this package with ``run(pc, device)``, ``render(section, result)`` and
 ``metrics(section)``; this module runs them, writes the report and logs the MLflow run.
@@ -25,9 +34,11 @@ Protocol: every figure is the median and min-max of interleaved rounds (A B C A 
 device synchronisation (CUDA events on GPU); ratios are taken per round between arms of the same round and
 summarised the same way. FLOPs are counted on the meta device (no arithmetic) as 2 x multiply-adds.
 
-Duration on 2 CPU cores: ``--quick`` (tiny networks, batch 8) 25-40 s; the full run (3 rounds, 2 for the whole
-GAN samplers) about 10 minutes on an idle machine and 15-17 under heavy load, dominated by the paper-size DDGAN
-sampler at batch 100 (about 30 s per call) and the paper-size DDPM denoiser call (about 11 s at batch 100).
+Duration on 2 CPU cores: ``--quick`` (tiny networks, batch 8) 25-40 s before the ops section, 53 s with it under
+heavy load (ops 11 s); the full run (3 rounds, 2 for the whole GAN samplers) about 10 minutes on an idle machine
+and 15-17 under heavy load before the ops section (about 2 minutes) and before the GANs' training windows became
+whole lazy_reg cycles (15 steps instead of 2: not remeasured), dominated by the paper-size DDGAN sampler at batch
+100 (about 30 s per call) and the paper-size DDPM denoiser call (about 11 s at batch 100).
 ``--repeats``, ``--sample-batch`` and ``--sections`` bound it. On CUDA the full run uses 10 warm-up and 20 timed
 rounds unless ``--repeats`` is given. On a shared CPU, ``--threads 1`` avoids stalls between threads.
 """
@@ -46,7 +57,7 @@ import torch
 
 from bench import registry
 from bench.evaluate import device_description, resolve_device
-from bench.perf import haar, overhead, sampling, training
+from bench.perf import haar, ops, overhead, sampling, training
 from bench.perf.config import OUT_DEFAULT, REFERENCES, SECTIONS, PerfConfig, quick_config
 from bench.perf.haar import HAAR_SHAPES, load_pytorch_wavelets
 from bench.perf.overhead import OVERHEAD_VARIANT
@@ -60,7 +71,7 @@ __all__ = ["PerfConfig", "quick_config", "run_benchmark", "render", "rounds", "i
            "paired_ratio", "versus", "load_pytorch_wavelets", "main", "SECTIONS", "GAN_GROUP", "STEP_GROUP",
            "DVDP_VARIANT", "TRAIN_GROUPS", "HAAR_SHAPES", "OVERHEAD_VARIANT", "REFERENCES"]
 
-MODULES = {"haar": haar, "sampling": sampling, "training": training, "overhead": overhead}
+MODULES = {"haar": haar, "sampling": sampling, "training": training, "overhead": overhead, "ops": ops}
 
 
 def run_benchmark(pc: PerfConfig, on_section: Callable[[dict], None] | None = None) -> dict:
@@ -199,11 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: leave as is)")
     ap.add_argument("--train-precisions", help="training arms, comma-separated (default fp32; fp32,bf16 on CUDA)")
+    ap.add_argument("--train-warmup", type=int, help="untimed training steps per arm and round (default 1; a GAN's "
+                                                      "are whole lazy_reg cycles)")
+    ap.add_argument("--train-steps", type=int, help="timed training steps per arm and round (default 2; a GAN's are "
+                                                     "rounded up to whole lazy_reg cycles, R1 steps included)")
+    ap.add_argument("--profile", action="store_true", help="training: write a torch.profiler kernel table per "
+                                                           "variant and precision to <out>-profiles/ (e.g. "
+                                                           "reports/out/perf-profiles/)")
+    ap.add_argument("--json", help="ops section: write {variant: {precision: {plain_step, r1_step, sampler_call}}} "
+                                   "to this file")
+    ap.add_argument("--write-budgets", action="store_true", help="ops section: write its counts as the committed "
+                                                                 "budgets (bench/perf/op_budgets.json)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     over = {"device": args.device, "seed": args.seed}
-    for key in ("repeats", "sample_batch", "train_batch", "scale", "threads"):
+    for key in ("repeats", "sample_batch", "train_batch", "scale", "threads", "train_warmup", "train_steps"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     if args.repeats is not None:
@@ -226,11 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             ap.error(f"unknown section(s) {', '.join(bad)}; valid: {', '.join(SECTIONS)}")
     if (args.repeats is not None and args.repeats < 1) or any(
-            (over.get(k) or 1) < 1 for k in ("sample_batch", "train_batch", "threads")):
-        ap.error("--repeats, --sample-batch, --train-batch and --threads must be >= 1")
+            over.get(k, 1) < 1 for k in ("sample_batch", "train_batch", "threads", "train_steps")):
+        ap.error("--repeats, --sample-batch, --train-batch, --train-steps and --threads must be >= 1")
+    if args.train_warmup is not None and args.train_warmup < 1:
+        ap.error("--train-warmup must be >= 1 (the first step builds the optimiser state)")
+    out = Path(args.out)
+    if args.profile:
+        over["profile"] = str(out.parent / f"{out.stem}-profiles")
+    if (args.json or args.write_budgets) and "ops" not in over.get("sections", SECTIONS):
+        ap.error("--json and --write-budgets need the ops section (--sections ...,ops)")
+    if args.write_budgets and (args.quick or over.get("scale", "paper") != "paper"):
+        ap.error("--write-budgets counts the paper configurations: drop --quick / --scale")
     pc = quick_config(**over) if args.quick else PerfConfig(**over)
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out.with_suffix(".json")
 
@@ -244,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     text = write(res)
     print(text)
     print(f"written: {out} and {json_path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res["ops"]["table"], indent=2) + "\n")
+        print(f"written: {args.json}")
+    if args.write_budgets:
+        print(f"written: {ops.write_budgets(res['ops']['table'])}")
     if not args.no_mlflow:
         run_id = log_mlflow(res, out, json_path)
         print(f"MLflow run {run_id} (experiment 'perf')")

@@ -8,7 +8,7 @@ from bench.tracking import REPO_ROOT
 
 __all__ = ["PerfConfig", "quick_config", "SECTIONS", "REFERENCES", "OUT_DEFAULT"]
 
-SECTIONS = ("haar", "sampling", "training", "overhead")
+SECTIONS = ("haar", "sampling", "training", "overhead", "ops")
 OUT_DEFAULT = REPO_ROOT / "reports" / "out" / "perf.md"
 
 # Published and previously measured figures, printed beside ours as references (PAPERS.md section 2, TOOLS.md).
@@ -40,8 +40,10 @@ class PerfConfig:
     warmup: int = 1                   # untimed rounds before them (sections 2 and 4b)
     sample_batch: int = 100           # images per timed sampler / denoiser call (the papers: 100)
     train_batch: int = 8              # images per timed training step (paper batches do not fit a CPU)
-    train_warmup: int = 1             # untimed training steps per arm and round (optimiser state, allocator)
-    train_steps: int = 2              # timed training steps per arm and round
+    train_warmup: int = 1             # untimed training steps per arm, once (optimiser state, allocator; >= 1)
+    train_steps: int = 2              # timed training steps per arm and round, rounded up to whole step cycles
+                                      #   (a GAN's lazy_reg: its R1 steps are timed too)
+    profile: str | None = None        # training: folder for a torch.profiler kernel table per arm (None: off)
     haar_repeats: int = 30            # timed interleaved rounds of section 1
     haar_min_time_s: float = 0.02     # each transform measurement loops until it lasts at least this long
     overhead_batch: int = 64          # tiny training step of section 4 (the CPU demo's batch)
