@@ -518,5 +518,5 @@ def compute_metrics(generated: torch.Tensor, reference: torch.Tensor, *, dataset
         s, p = _dinov2_metrics(cfg, common, ref_key, device)
         scores.update(s)
         protocol.update(p)
-    return {**scores, "implementation": IMPLEMENTATION, "num_generated": n, "num_reference": m,
-            "sample_format": sample_format_text(cfg), "reference_split": cfg.reference_split, **protocol}
+    return {**scores, "implementation": IMPLEMENTATION, "num_generated": n, "num_reference": m, **protocol,
+            "sample_format": sample_format_text(cfg), "reference_split": cfg.reference_split}

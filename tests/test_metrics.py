@@ -75,7 +75,8 @@ def test_fid_orders_self_real_noise(results):
     assert real["backbone_fid"].startswith(M.DIGITS_EXTRACTOR) and real["backbone_prc"] == real["backbone_fid"]
     assert list(real) == ["fid", "kid_mean", "kid_std", "precision", "recall", "backbone_fid", "backbone_prc",
                           "implementation", "num_generated", "num_reference", "prc_k", "kid_subset_size",
-                          "kid_subsets"]  # the paper set's keys, as before metric sets existed
+                          "kid_subsets", "sample_format", "reference_split"]  # the paper set's keys, then how the
+    #                                                                samples and the reference were taken
 
 
 def test_fid_equals_direct_frechet(cache, results, digits):

@@ -193,7 +193,7 @@ def test_dinov2_set_orders_self_real_noise(results):
         assert bad[key] < 0.05, key
         assert real[key] > 0.3, key
     assert set(real) == {*M.SCORE_KEYS["dinov2"], "backbone_dinov2", "dinov2_k", "implementation",
-                         "num_generated", "num_reference"}
+                         "num_generated", "num_reference", "sample_format", "reference_split"}
     assert real["num_generated"] == 100 and real["num_reference"] == 150 and real["dinov2_k"] == K
     assert real["backbone_dinov2"].startswith(f"{TINY} (CLS token") and "48-d, 224 px" in real["backbone_dinov2"]
 
