@@ -244,17 +244,17 @@ def train_hash(cfg: RunConfig) -> str:
     """Identifies a training run: what is trained, on what, how, from which weights (not how it is evaluated or
     where it runs). The family, not the variant's name: variants that train the same thing (ddpm and its ddim-N
     evaluations, dvdp and dvdp-tp1) share one training."""
-    d = to_dict(cfg)
+    d = _without_neutral_keys(to_dict(cfg))
     return config_hash({"family": family(cfg).name, "dataset": cfg.dataset, "scale": cfg.scale,
                         "seed": cfg.seed, "processes": cfg.processes, "data": d["data"], "model": d["model"],
-                        "train": d["train"], **({"init": d["init"]} if cfg.init.weights else {})})
+                        "train": d["train"], **({"init": d["init"]} if "init" in d else {})})
 
 
 # Config keys added after runs were logged, with the value every earlier run had: a config that holds that value
 # hashes as it did before the key existed, so its FINISHED runs are still found (and not trained again). A section
 # that only such keys make up (``init``) is left out with them.
 HASH_NEUTRAL_KEYS: dict[str, Any] = {"eval.metrics.pr_backbone": "vgg16", "eval.metrics.sample_format": "uint8",
-                                     "init.weights": ""}
+                                     "init.weights": "", "train.cuda_graphs": False}
 
 
 def _without_neutral_keys(d: dict) -> dict:

@@ -20,6 +20,7 @@ from bench.config import ConfigError, RunConfig
 from bench.data import DATASET_PRESETS
 from bench.distributed import SINGLE, DistContext
 from bench.families.base import Family, System, space_shape, unknown_preset
+from bench.step_graphs import StepGraphs, graph_optimizer_options
 from bench.train import (BatchStream, TrainResult, autocast, batch_format, compiled, ema_update, lr_lambda,
                          prepare_modules, run_loop, total_steps)
 from models.ddgan import DDGANLoss, DDGANProcess, DDGANScheduleConfig
@@ -65,6 +66,8 @@ class GANTrainConfig:
     precision: str = "fp32"           # fp32 | bf16 (autocast forward passes; fp32 weights, losses and R1)
     channels_last: bool = False       # networks and batches in channels-last memory format
     compile: bool = False             # torch.compile the networks' training forward passes (not the R1 pass)
+    cuda_graphs: bool = False         # the whole step (plain and R1) as CUDA graphs, replayed (bench/step_graphs.py;
+    #                                   off CUDA the same buffers and calls without capture); not yet timed on a GPU
 
 
 # ============================================================================================== system
@@ -129,22 +132,23 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec)
     amp = functools.partial(autocast, device, t.precision)
     fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+    opt_g = torch.optim.Adam(G.parameters(), betas=(t.beta1, t.beta2), fused=fused,
+                             **graph_optimizer_options(t.lr_g, device, t.cuda_graphs))
+    opt_d = torch.optim.Adam(D.parameters(), betas=(t.beta1, t.beta2), fused=fused,
+                             **graph_optimizer_options(t.lr_d, device, t.cuda_graphs))
     horizon = total_steps(t, stream.steps_per_epoch)
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_g)))
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_d)))
     G.train()
     D.train()
 
-    def update(images: torch.Tensor, step: int) -> dict:
+    def train_step(images: torch.Tensor, r1: bool) -> dict:
         x0 = batch_format(system.encode(images), t)
 
-        # Discriminator step (lazy R1 every lazy_reg steps).
+        # Discriminator step (with R1 on the lazy_reg-th steps).
         D.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        d = loss.discriminator(D_fwd, G_fwd, x0, r1=t.r1_gamma > 0 and step % t.lazy_reg == 0, D_r1=D_par,
-                               amp=amp)
+        d = loss.discriminator(D_fwd, G_fwd, x0, r1=r1, D_r1=D_par, amp=amp)
         d.pop("loss").backward()
         opt_d.step()
 
@@ -157,10 +161,20 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         ema_update(G_ema, G, t.ema_decay)
         return {k: v.detach() for k, v in {**d, **g}.items()}
 
-    return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
+    # One graph per kind of step: plain, and with R1.
+    graphs = StepGraphs(lambda x, kind: train_step(x, kind == "r1"), device) if t.cuda_graphs else None
+
+    def update(images: torch.Tensor, step: int) -> dict:
+        r1 = t.r1_gamma > 0 and step % t.lazy_reg == 0
+        return graphs(images, "r1" if r1 else "plain") if graphs is not None else train_step(images, r1)
+
+    result = run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
                     schedulers={"g": sched_g, "d": sched_d}, update=update, stream=stream, tracker=tracker,
                     workdir=workdir, device=device, should_stop=should_stop, progress=progress, on_step=on_step,
                     dist=dist)
+    if graphs is not None:
+        tracker.set_tags({"train_cuda_graphs": graphs.protocol()})
+    return result
 
 
 # ============================================================================================== paper configurations
@@ -256,6 +270,9 @@ class GANFamily(Family):
             p.append(f"train.lambda_rec must be >= 0, got {cfg.train.lambda_rec}")
         if cfg.train.lazy_reg < 1:
             p.append(f"train.lazy_reg must be >= 1, got {cfg.train.lazy_reg}")
+        if cfg.train.cuda_graphs and (cfg.train.compile or cfg.processes > 1):
+            p.append("train.cuda_graphs captures one process's eager step: it cannot be combined with "
+                     f"train.compile (now {cfg.train.compile}) or processes > 1 (now {cfg.processes})")
         return p
 
     def build(self, cfg: RunConfig) -> GANSystem:
