@@ -103,8 +103,59 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+class LinearBank:
+    """Linear layers that read the same input, applied as one matmul: ``x [W_1; W_2; ...]^T + [b_1; b_2; ...]``.
+
+    ``bank(x)`` maps each layer to its output: a (B, out) column slice of the one product, or with ``pairs`` (the
+    adaptive GroupNorms' styles: each output is a gamma half and a beta half over C channels) gamma and beta, each
+    (B * C,) in the layout that :class:`AdaptiveGroupNorm`'s fused ``group_norm`` takes, all laid out by one gather.
+    The layers keep their parameters (state-dict names and shapes unchanged); the concatenation is rebuilt on every
+    call (one cat of weights, one of biases, whose backward is slicing), so it follows every update. Not a module:
+    the layers are registered where they are built."""
+
+    def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False):
+        self.layers = list(layers)
+        self.pairs = pairs
+        widths = [layer.out_features for layer in self.layers]
+        self.offsets = [sum(widths[:i]) for i in range(len(widths))]
+        self.width = sum(widths)
+        self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _gather_index(self, b: int, device: torch.device) -> torch.Tensor:
+        """Flat positions in the (B, N) product of every layer's (2, B, C) gamma / beta block, layers in order."""
+        key = (b, device)
+        if key not in self._index:
+            parts = []
+            for layer, off in zip(self.layers, self.offsets):
+                c = layer.out_features // 2
+                k, i, j = torch.meshgrid(torch.arange(2), torch.arange(b), torch.arange(c), indexing="ij")
+                parts.append((i * self.width + off + k * c + j).reshape(-1))
+            self._index[key] = torch.cat(parts).to(device)
+        return self._index[key]
+
+    def __call__(self, x: torch.Tensor) -> dict[nn.Linear, torch.Tensor]:
+        if not self.layers:
+            return {}
+        out = F.linear(x, torch.cat([layer.weight for layer in self.layers]),
+                       torch.cat([layer.bias for layer in self.layers]))
+        if not self.pairs:  # one split: its backward is one cat, where a slice per layer would be a copy each
+            return dict(zip(self.layers, out.split([layer.out_features for layer in self.layers], dim=1)))
+        b = out.shape[0]
+        flat = out.reshape(-1).index_select(0, self._gather_index(b, out.device))
+        halves = flat.split([b * layer.out_features // 2 for layer in self.layers for _ in range(2)])
+        return {layer: (halves[2 * i], halves[2 * i + 1]) for i, layer in enumerate(self.layers)}
+
+
+def projected(layer: nn.Linear, x: torch.Tensor | dict) -> torch.Tensor:
+    """``layer``'s output: looked up in a :class:`LinearBank`'s result, or computed from the input tensor."""
+    return x[layer] if isinstance(x, dict) else layer(x)
+
+
 class AdaptiveGroupNorm(nn.Module):
-    """GroupNorm without affine parameters, then gamma(z) * x + beta(z) from a linear map of the latent."""
+    """GroupNorm without affine parameters, then gamma(z) * x + beta(z) from a linear map of the latent.
+
+    ``zemb`` is the latent embedding (B, style_dim), or a :class:`LinearBank` result holding this layer's style
+    already laid out (the generator computes every style of a call in one matmul)."""
 
     def __init__(self, channels: int, style_dim: int):
         super().__init__()
@@ -113,11 +164,14 @@ class AdaptiveGroupNorm(nn.Module):
         with torch.no_grad():
             self.style.bias[:channels] = 1.0  # gamma starts at 1, beta at 0
 
-    def forward(self, x: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, zemb: torch.Tensor | dict) -> torch.Tensor:
         # GroupNorm over (B, C) with G groups is GroupNorm over (1, B*C) with B*G groups; the per-sample
         # gamma / beta are then its per-channel affine: one fused pass instead of normalise, then scale-shift.
         b, c = x.shape[:2]
-        gamma, beta = self.style(zemb).view(b, 2, c).transpose(0, 1).reshape(2, b * c)  # one small copy
+        if isinstance(zemb, dict):
+            gamma, beta = zemb[self.style]
+        else:
+            gamma, beta = self.style(zemb).view(b, 2, c).transpose(0, 1).reshape(2, b * c)  # one small copy
         out = F.group_norm(x.reshape(1, b * c, *x.shape[2:]), b * self.groups, gamma, beta, eps=1e-6)
         return out.view(x.shape)
 
@@ -234,7 +288,8 @@ class AttnBlock(nn.Module):
 class ResBlock(nn.Module):
     """BigGAN-style residual block with adaptive GroupNorm and a time bias; optional FIR up/down sampling.
 
-    ``temb`` given to ``forward`` is the time embedding after SiLU (computed once per network call).
+    ``temb`` given to ``forward`` is the time embedding after SiLU (computed once per network call), ``zemb`` the
+    latent embedding; or each a :class:`LinearBank` result with this block's projections of them.
     """
 
     def __init__(self, in_ch: int, out_ch: int | None = None, temb_dim: int = 512, zemb_dim: int = 256,
@@ -263,7 +318,7 @@ class ResBlock(nn.Module):
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
         """``h``: a fresh tensor (conv0's output or a transform of it) that autograd did not save."""
-        h = h.add_(self.temb_proj(temb)[:, :, None, None])
+        h = h.add_(projected(self.temb_proj, temb)[:, :, None, None])
         h = self.conv1(self.dropout(silu(self.norm1(h, zemb))))
         return residual(x, h, self.skip_rescale)
 

@@ -134,3 +134,37 @@ def test_generator_same_output_with_and_without_autograd(wgen):
     assert torch.equal(x, saved[0]) and torch.equal(z, saved[1])
     with torch.inference_mode():
         assert torch.equal(net(x, t, z), fast)
+
+
+def _unbanked(net: nn.Module):
+    """The same network computing every style / time projection in its own block (the per-block reference)."""
+    ref = __import__("copy").deepcopy(net)
+    for name in ("style_bank", "time_bank"):
+        if hasattr(ref, name):
+            setattr(ref, name, lambda x: x)
+    return ref
+
+
+@pytest.mark.parametrize("wgen", [False, True])
+def test_banked_projections_equal_per_block_projections(wgen):
+    """One matmul for all styles and one for all time projections (models.layers.LinearBank) computes what each
+    block's own linear layer does: outputs and every gradient, to float32 rounding (the time embedding is float32,
+    so these networks do not run in float64), and the parameters keep their names."""
+    from models.discriminator import Discriminator, DiscriminatorConfig
+    torch.manual_seed(0)
+    cfg = NCSNppConfig(4, 4, 16, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), nz=8,
+                       z_emb_dim=16, n_mlp=2, **(W_GEN if wgen else {}))
+    g = randomised(NCSNppGenerator(cfg), 0.1)
+    d = randomised(Discriminator(DiscriminatorConfig(in_channels=4, image_size=16, ngf=4, num_layers=3,
+                                                      t_emb_dim=16)), 0.1)
+    x, t, z = torch.randn(3, 4, 16, 16), torch.tensor([0, 3, 1]), torch.randn(3, 8)
+    results = []
+    for gen, disc in ((g, d), (_unbanked(g), _unbanked(d))):
+        assert [n for n, _ in gen.named_parameters()] == [n for n, _ in g.named_parameters()]
+        xg = x.clone().requires_grad_()
+        out = disc(xg, t, gen(xg, t, z))
+        params = list(gen.parameters()) + list(disc.parameters())
+        results.append((out, *torch.autograd.grad(out.square().sum(), [xg] + params)))
+    assert torch.equal(results[0][0], results[1][0])  # the forward pass: bitwise
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
