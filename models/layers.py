@@ -1,7 +1,8 @@
 """Building blocks of the NCSN++ generator with adaptive GroupNorm (DDGAN / WaveDiff).
 
 FIR resampling uses fixed depthwise convolutions whose filters are built once, as non-persistent buffers
-sized for the layer's channel count. Every DWT / IDWT goes through :mod:`models.wavelet`.
+sized for the layer's channel count; they run through one autograd function whose backward is the adjoint
+convolution (so R1's double backward does not loop over channels), with the filter cast once under autocast. Every DWT / IDWT goes through :mod:`models.wavelet`.
 
 Speed on CPU (same arithmetic as the plain formulation, up to float rounding): the adaptive GroupNorm is one
 native ``group_norm`` call over (1, B*C) channels with the per-sample gamma / beta as its affine parameters;
@@ -191,7 +192,64 @@ def _fir_filter(kernel: Sequence[int], channels: int, gain: float) -> torch.Tens
     return k2[None, None].repeat(channels, 1, 1, 1).contiguous()
 
 
-class FirDownsample(nn.Module):
+class _DepthwiseFIR(torch.autograd.Function):
+    """``conv2d(x, f, stride, padding, groups=C)`` (or with ``transpose``, ``conv_transpose2d``) by a fixed depthwise
+    filter ``f``, whose backward is its adjoint: the other of the two, again this function. Every order of derivative
+    (R1's double backward included) is then one grouped convolution, where PyTorch's double backward of a grouped
+    convolution runs one convolution per channel. ``f`` is a constant (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, f, stride: int, padding: int, transpose: bool, output_padding: tuple[int, int]):
+        ctx.save_for_backward(f)
+        ctx.conf = stride, padding, transpose, tuple(x.shape[-2:])
+        if transpose:
+            return F.conv_transpose2d(x, f, stride=stride, padding=padding, output_padding=output_padding,
+                                      groups=x.shape[1])
+        return F.conv2d(x, f, stride=stride, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (f,) = ctx.saved_tensors
+        stride, padding, transpose, in_size = ctx.conf
+        if transpose:  # adjoint of the transposed convolution: the convolution
+            return _DepthwiseFIR.apply(grad, f, stride, padding, False, (0, 0)), None, None, None, None, None
+        # adjoint of the convolution: the transposed one, padded on the far side back to the input's size
+        k = f.shape[-1]
+        out_pad = tuple(n - ((m - 1) * stride - 2 * padding + k) for n, m in zip(in_size, grad.shape[-2:]))
+        return _DepthwiseFIR.apply(grad, f, stride, padding, True, out_pad), None, None, None, None, None
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run a convolution of ``x`` in (``x``'s own outside autocast or for float64)."""
+    dev = x.device.type
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+class _FirFilter(nn.Module):
+    """Holds a depthwise FIR filter (a non-persistent buffer) and applies it with :class:`_DepthwiseFIR`. Under
+    autocast the filter's low-precision copy is made once and kept (until the buffer is replaced or changed),
+    not cast again on every call as autocast would."""
+
+    def _filter_as(self, dtype: torch.dtype) -> torch.Tensor:
+        f = self.filter
+        if f.dtype == dtype:
+            return f
+        cached = self.__dict__.get("_cast")
+        if cached is not None and cached[0] is f and cached[1] == f._version and cached[2].dtype == dtype:
+            return cached[2]
+        low = f.to(dtype)
+        if not (f.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph's pool must not keep it
+            self.__dict__["_cast"] = (f, f._version, low)
+        return low
+
+    def fir(self, x: torch.Tensor, stride: int, padding: int, transpose: bool = False) -> torch.Tensor:
+        dtype = _autocast_dtype(x)
+        return _DepthwiseFIR.apply(x.to(dtype), self._filter_as(dtype), stride, padding, transpose, (0, 0))
+
+
+class FirDownsample(_FirFilter):
     """Blur with the FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2)."""
 
     def __init__(self, channels: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -200,10 +258,10 @@ class FirDownsample(nn.Module):
         self.pad = (len(kernel) - 2) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.filter, stride=2, padding=self.pad, groups=x.shape[1])
+        return self.fir(x, 2, self.pad)
 
 
-class FirUpsample(nn.Module):
+class FirUpsample(_FirFilter):
     """Zero-insertion upsampling by 2 followed by the FIR kernel (gain 4), as one transposed depthwise conv."""
 
     def __init__(self, channels: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -213,10 +271,10 @@ class FirUpsample(nn.Module):
         self.pad = len(kernel) // 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.filter, stride=2, padding=self.pad, groups=x.shape[1])
+        return self.fir(x, 2, self.pad, transpose=True)
 
 
-class FirConvDownsample(nn.Module):
+class FirConvDownsample(_FirFilter):
     """FIR blur then 3x3 convolution with stride 2 (StyleGAN2's fused conv-downsample), with bias."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -227,11 +285,10 @@ class FirConvDownsample(nn.Module):
         self.pad = len(kernel) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.filter, padding=self.pad, groups=x.shape[1])
-        return F.conv2d(x, self.weight, self.bias, stride=2)
+        return F.conv2d(self.fir(x, 1, self.pad), self.weight, self.bias, stride=2)
 
 
-class FirConvUpsample(nn.Module):
+class FirConvUpsample(_FirFilter):
     """3x3 transposed convolution with stride 2, then FIR blur (gain 4): StyleGAN2's fused upsample-conv."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -243,8 +300,7 @@ class FirConvUpsample(nn.Module):
         self.pad = len(kernel) // 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv_transpose2d(x, self.weight, stride=2)
-        x = F.conv2d(x, self.filter, padding=self.pad, groups=x.shape[1])
+        x = self.fir(F.conv_transpose2d(x, self.weight, stride=2), 1, self.pad)
         return x + self.bias[:, None, None]
 
 
