@@ -222,7 +222,7 @@ class _DepthwiseFIR(torch.autograd.Function):
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast would run a convolution of ``x`` in (``x``'s own outside autocast or for float64)."""
     dev = x.device.type
-    if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+    if x.dtype != torch.float64 and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
 
