@@ -40,7 +40,7 @@ from bench.schema import PRECISIONS
 from bench.tracking import TrackingError
 
 __all__ = ["TrainResult", "NonFiniteLoss", "Checkpointer", "BatchStream", "run_loop", "CHECKPOINT_VERSION",
-           "ema_update", "PRECISIONS", "autocast", "check_train_config", "prepare_modules", "batch_format",
+           "EMA", "ema_update", "PRECISIONS", "autocast", "check_train_config", "prepare_modules", "batch_format",
            "compiled", "lr_lambda", "total_steps"]
 
 
@@ -231,13 +231,26 @@ class BatchStream:
 
 # ============================================================================================== shared loop
 
+class EMA:
+    """ema <- decay * ema + (1 - decay) * model for every parameter, one foreach call over lists made once (the
+    training loops hold one for their whole run: the modules keep their tensors, state dicts load in place);
+    buffers copied."""
+
+    def __init__(self, ema: nn.Module, model: nn.Module, decay: float):
+        self.decay = decay
+        self.ema_params, self.params = list(ema.parameters()), list(model.parameters())
+        self.ema_buffers, self.buffers = list(ema.buffers()), list(model.buffers())
+
+    def update(self) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1.0 - self.decay)
+            if self.ema_buffers:
+                torch._foreach_copy_(self.ema_buffers, self.buffers)
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for every parameter (one foreach call); buffers copied."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-        buffers = list(ema.buffers())
-        if buffers:
-            torch._foreach_copy_(buffers, list(model.buffers()))
+    """One EMA step (:class:`EMA`, its lists made for this call)."""
+    EMA(ema, model, decay).update()
 
 
 def total_steps(t, steps_per_epoch: int) -> int | None:

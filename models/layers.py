@@ -78,6 +78,9 @@ def residual(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tens
 # --------------------------------------------------------------------------------------------------
 
 
+_FREQS: dict[tuple[int, float, torch.device], torch.Tensor] = {}  # timestep_embedding's frequencies
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = False,
                        downscale_freq_shift: float = 1.0, max_period: float = 10000.0) -> torch.Tensor:
     """The one sinusoidal embedding of (B,) time indices, (B, dim), parameterised as diffusers'
@@ -88,7 +91,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = Fal
     diffusers-layout UNet (shift 0, cos first); U-KAN (shift 0, sin first)."""
     half = dim // 2
     exponent = -math.log(max_period) / max(half - downscale_freq_shift, 1)
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * exponent)
+    key = (half, exponent, t.device)
+    freqs = _FREQS.get(key)
+    if freqs is None:  # made once per size and device (a normal tensor even in inference mode: autograd uses it)
+        with torch.inference_mode(False):
+            freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * exponent)
+        if not (freqs.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph's pool must not keep it
+            _FREQS[key] = freqs
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)],
                     dim=1)

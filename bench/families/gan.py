@@ -20,7 +20,7 @@ from bench.config import ConfigError, RunConfig
 from bench.data import DATASET_PRESETS
 from bench.distributed import SINGLE, DistContext
 from bench.families.base import Family, System, space_shape, unknown_preset
-from bench.train import (BatchStream, TrainResult, autocast, batch_format, compiled, ema_update, lr_lambda,
+from bench.train import (EMA, BatchStream, TrainResult, autocast, batch_format, compiled, lr_lambda,
                          prepare_modules, run_loop, total_steps)
 from models.ddgan import DDGANLoss, DDGANProcess, DDGANScheduleConfig
 from models.discriminator import Discriminator, DiscriminatorConfig
@@ -136,6 +136,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_d)))
     G.train()
     D.train()
+    ema = EMA(G_ema, G, t.ema_decay)
 
     def update(images: torch.Tensor, step: int) -> dict:
         x0 = batch_format(system.encode(images), t)
@@ -154,7 +155,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         g = loss.generator(G_fwd, D_frozen, x0, amp=amp)
         g.pop("loss").backward()
         opt_g.step()
-        ema_update(G_ema, G, t.ema_decay)
+        ema.update()
         return {k: v.detach() for k, v in {**d, **g}.items()}
 
     return run_loop(cfg, modules=system.modules(), optimizers={"g": opt_g, "d": opt_d},
