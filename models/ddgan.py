@@ -184,7 +184,7 @@ class DDGANProcess:
         return x
 
 
-def _no_amp(enabled: bool = True):
+def _no_amp(*networks, enabled: bool = True):
     return contextlib.nullcontext()
 
 
@@ -193,7 +193,9 @@ class DDGANLoss:
     """DDGAN's adversarial objective (PAPERS.md sections 1-2), beside its process: the non-saturating GAN loss on
     posterior pairs (x_t, x_{t+1}), lazy R1 on real x_t, and WaveDiff's L1 reconstruction of the clean
     coefficients. The networks are passed in (their DDP wrappers or compiled forms, as the trainer sees fit);
-    ``amp(enabled)`` gives the forward passes' autocast context (R1's pass always runs without it, in fp32)."""
+    ``amp(*networks, enabled=True)`` gives the forward passes' autocast context, one region per step half, told
+    which networks run in it (``bench.train.TrainAutocast`` casts their weights once per step, not per call);
+    R1's pass always runs without it, in fp32."""
 
     process: DDGANProcess
     nz: int                          # latent size of G
@@ -212,19 +214,20 @@ class DDGANLoss:
         b = x0.shape[0]
         t, x_t, x_tp1 = self._pairs(x0)
         x_t.requires_grad_(r1)
-        with amp(enabled=not r1):
-            d_real = (D_r1 if r1 and D_r1 is not None else D)(x_t, t, x_tp1.detach()).float()
-        loss_real = F.softplus(-d_real).mean()
         out = {}
-        if r1:
+        if r1:  # R1's pass: fp32, outside the autocast region
+            d_real = (D_r1 if D_r1 is not None else D)(x_t, t, x_tp1.detach()).float()
             (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
             out["r1"] = self.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
-        z = torch.randn(b, self.nz, device=x0.device)
-        with torch.no_grad(), amp():
-            x0_fake = G(x_tp1, t, z).float()
-        x_fake = self.process.posterior_sample(x0_fake, x_tp1, t)
-        with amp():
+        with amp(D, G):
+            if not r1:
+                d_real = D(x_t, t, x_tp1.detach()).float()
+            z = torch.randn(b, self.nz, device=x0.device)
+            with torch.no_grad():
+                x0_fake = G(x_tp1, t, z).float()
+            x_fake = self.process.posterior_sample(x0_fake, x_tp1, t)
             loss_fake = F.softplus(D(x_fake, t, x_tp1).float()).mean()
+        loss_real = F.softplus(-d_real).mean()
         total = loss_real + loss_fake
         return {"loss": total + out["r1"] if r1 else total, "loss_d": total, "loss_d_real": loss_real,
                 "loss_d_fake": loss_fake, **out}
@@ -234,7 +237,7 @@ class DDGANLoss:
         ``lambda_rec`` x L1 between G's x0 and the clean x0. Returns the total ``loss`` and its parts."""
         t, _, x_tp1 = self._pairs(x0)
         z = torch.randn(x0.shape[0], self.nz, device=x0.device)
-        with amp():
+        with amp(G, D):
             x0_pred = G(x_tp1, t, z).float()
             x_fake = self.process.posterior_sample(x0_pred, x_tp1, t)
             adv = F.softplus(-D(x_fake, t, x_tp1).float()).mean()

@@ -286,6 +286,8 @@ class FirUpsample(_FirFilter):
 class FirConvDownsample(_FirFilter):
     """FIR blur then 3x3 convolution with stride 2 (StyleGAN2's fused conv-downsample), with bias."""
 
+    autocast_weights = ("weight", "bias")  # both only enter the convolution (bench.train.LowPrecisionWeights)
+
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
         super().__init__()
         self.weight = nn.Parameter(variance_scaling_(torch.empty(out_ch, in_ch, 3, 3)))

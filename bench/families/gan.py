@@ -9,7 +9,6 @@ the non-saturating loss, lazy R1, the reconstruction term and an EMA of G (:func
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -20,7 +19,7 @@ from bench.config import ConfigError, RunConfig
 from bench.data import DATASET_PRESETS
 from bench.distributed import SINGLE, DistContext
 from bench.families.base import Family, System, space_shape, unknown_preset
-from bench.train import (EMA, BatchStream, TrainResult, autocast, batch_format, compiled, lr_lambda,
+from bench.train import (EMA, BatchStream, TrainAutocast, TrainResult, batch_format, compiled, lr_lambda,
                          prepare_modules, run_loop, total_steps)
 from models.ddgan import DDGANLoss, DDGANProcess, DDGANScheduleConfig
 from models.discriminator import Discriminator, DiscriminatorConfig
@@ -127,7 +126,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     G_fwd, D_fwd = compiled(G_par, t), compiled(D_par, t)   # R1 (double backward) goes through D_par itself
     D_frozen = D_fwd if not dist.enabled else compiled(D, t)  # G's step: D without its DDP wrapper (no gradients)
     loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec)
-    amp = functools.partial(autocast, device, t.precision)
+    amp = TrainAutocast(device, t.precision, cast_once=not t.compile)  # bf16: weights cast once per step
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
     opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
