@@ -12,8 +12,10 @@ No step waits for the device: the updates return their losses as device tensors,
 (one host synchronisation) every ``train.log_every`` steps, before every checkpoint and at the end; the NaN rule
 and, with several ranks, the wall-clock budget and stop requests are checked at those reads. Options for GPUs
 (all part of the training hash): ``precision: bf16`` (autocast for the forward passes, fp32 master weights,
-losses and R1 in fp32), ``channels_last`` and ``compile``; in-memory data sets live on the device; Adam is fused
-and the EMA one foreach call on CUDA.
+losses and R1 in fp32; :class:`TrainAutocast` casts each network's weights once per optimiser step, as one
+flat cast, instead of autocast's cast of every weight in every call), ``channels_last`` and ``compile``;
+in-memory data sets live on the device; Adam is fused on CUDA; the EMA is one foreach call over parameter
+lists made once.
 """
 from __future__ import annotations
 
