@@ -148,8 +148,8 @@ def _unbanked(net: nn.Module):
 @pytest.mark.parametrize("wgen", [False, True])
 def test_banked_projections_equal_per_block_projections(wgen):
     """One matmul for all styles and one for all time projections (models.layers.LinearBank) computes what each
-    block's own linear layer does: outputs and every gradient, to float32 rounding (the time embedding is float32,
-    so these networks do not run in float64), and the parameters keep their names."""
+    block's own linear layer does, bit for bit: outputs and every gradient (the input's summed in autograd's
+    order), and the parameters keep their names. The W-Generator's bottleneck reuses a block: rounding there."""
     from models.discriminator import Discriminator, DiscriminatorConfig
     torch.manual_seed(0)
     cfg = NCSNppConfig(4, 4, 16, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), nz=8,
@@ -165,9 +165,11 @@ def test_banked_projections_equal_per_block_projections(wgen):
         out = disc(xg, t, gen(xg, t, z))
         params = list(gen.parameters()) + list(disc.parameters())
         results.append((out, *torch.autograd.grad(out.square().sum(), [xg] + params)))
-    assert torch.equal(results[0][0], results[1][0])  # the forward pass: bitwise
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        if wgen:  # the frequency bottleneck runs block2 twice: its two uses now share one projection, whose
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)  # gradients meet before the mm: rounding
+        else:  # bitwise: a training run's trajectory must not change
+            assert torch.equal(a, b)
 
 
 def _native_fir(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
