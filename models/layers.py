@@ -137,7 +137,7 @@ class _BankLinear(torch.autograd.Function):
                 grad_x = part if grad_x is None else grad_x + part
                 end -= n
         if ctx.needs_input_grad[1]:
-            grad_w = x.t().mm(grad).t()
+            grad_w = grad.t().mm(x)  # laid out like w (autograd's choice for the separate layers too)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         return grad_x, grad_w, grad_b, None
