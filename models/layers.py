@@ -115,8 +115,8 @@ class PixelNorm(nn.Module):
 
 class _BankLinear(torch.autograd.Function):
     """``F.linear(x, w, b)`` over the concatenated weights of a :class:`LinearBank`, with the gradients the separate
-    layers' own linears would give, bit for bit: the weight and bias gradients are one mm and one sum (row for
-    row what each layer's would be), and the input's gradient is each layer's product summed last layer first,
+    layers' own linears would give, bit for bit: the weight gradient is one mm (row for row what each layer's
+    would be), the bias gradient one sum per layer, and the input's gradient each layer's product summed last layer first,
     as autograd accumulated the separate layers' contributions (one big mm would sum in another order: a rounding
     difference that a GAN's training amplifies within a few dozen steps)."""
 
@@ -138,8 +138,9 @@ class _BankLinear(torch.autograd.Function):
                 end -= n
         if ctx.needs_input_grad[1]:
             grad_w = grad.t().mm(x)  # laid out like w (autograd's choice for the separate layers too)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
+        if ctx.needs_input_grad[2]:  # per layer: a sum over one wide row reduces some columns in another order
+            starts = [sum(ctx.widths[:i]) for i in range(len(ctx.widths))]
+            grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in zip(starts, ctx.widths)])
         return grad_x, grad_w, grad_b, None
 
 
