@@ -12,8 +12,10 @@ No step waits for the device: the updates return their losses as device tensors,
 (one host synchronisation) every ``train.log_every`` steps, before every checkpoint and at the end; the NaN rule
 and, with several ranks, the wall-clock budget and stop requests are checked at those reads. Options for GPUs
 (all part of the training hash): ``precision: bf16`` (autocast for the forward passes, fp32 master weights,
-losses and R1 in fp32), ``channels_last`` and ``compile``; in-memory data sets live on the device; Adam is fused
-and the EMA one foreach call on CUDA.
+losses and R1 in fp32; :class:`TrainAutocast` casts each network's weights once per optimiser step, as one
+flat cast, instead of autocast's cast of every weight in every call), ``channels_last`` and ``compile``;
+in-memory data sets live on the device; Adam is fused on CUDA; the EMA is one foreach call over parameter
+lists made once.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from bench.schema import PRECISIONS
 from bench.tracking import TrackingError
 
 __all__ = ["TrainResult", "NonFiniteLoss", "Checkpointer", "BatchStream", "run_loop", "CHECKPOINT_VERSION",
-           "ema_update", "PRECISIONS", "autocast", "check_train_config", "prepare_modules", "batch_format",
+           "EMA", "ema_update", "PRECISIONS", "autocast", "TrainAutocast", "LowPrecisionWeights", "check_train_config", "prepare_modules", "batch_format",
            "compiled", "lr_lambda", "total_steps"]
 
 
@@ -78,6 +80,124 @@ def autocast(device: torch.device, precision: str, enabled: bool = True, cache: 
     if precision == "fp32" or not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+class _AttachWeights(torch.autograd.Function):
+    """Hands one call the low-precision copies of the weights (views of one flat tensor, made without autograd)
+    and routes their gradients back to the fp32 weights: one cast of all of them (one flat bf16 buffer filled
+    by one foreach copy, then one cast), where autocast would cast each weight's gradient on its own."""
+
+    @staticmethod
+    def forward(ctx, owner: "LowPrecisionWeights", flat: torch.Tensor, *params: torch.Tensor):
+        ctx.owner = owner
+        return tuple(flat[o:o + p.numel()].view(p.shape) for p, o in zip(params, owner.offsets))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        owner = ctx.owner
+        present = [(g, o) for g, o in zip(grads, owner.offsets) if g is not None]
+        buf = (owner.flat.new_empty if len(present) == len(grads) else owner.flat.new_zeros)(owner.flat.numel())
+        torch._foreach_copy_([buf[o:o + g.numel()].view(g.shape) for g, o in present], [g for g, _ in present])
+        full = buf.to(owner.params[0].dtype)
+        return (None, None, *(full[o:o + p.numel()].view(p.shape) for p, o in zip(owner.params, owner.offsets)))
+
+
+class LowPrecisionWeights:
+    """The bf16 copies of a network's convolution and linear weights that autocast would make in every call, made
+    once: one cat and one cast of all of them, redone only when a weight has changed (its version counter), so
+    once per optimiser step. Inside :meth:`attached` each call of the network sees them in place of its weights
+    (a forward pre-hook swaps them in, the forward hook back); with autograd recording, each call gets its own
+    :class:`_AttachWeights` node, so gradients reach the fp32 weights as autocast's casts would give them (per
+    call, summed in fp32). The values are autocast's own: the same round-to-nearest casts, the same bf16 ops.
+
+    Which weights: those of ``nn.Conv2d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` and of modules that list
+    parameter names in ``autocast_weights`` (parameters that only ever enter autocast's bf16 ops), contiguous
+    fp32 ones only (channels-last weights are left to autocast)."""
+
+    TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        self.module, self.dtype = module, dtype
+        self.slots: list[tuple[nn.Module, str]] = []
+        for m in module.modules():
+            names = ("weight", "bias") if isinstance(m, self.TYPES) else getattr(m, "autocast_weights", ())
+            for name in names:
+                p = m._parameters.get(name)
+                if p is not None and p.dtype == torch.float32 and p.is_contiguous():
+                    self.slots.append((m, name))
+        self.params = [m._parameters[name] for m, name in self.slots]
+        sizes = [p.numel() for p in self.params]
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.flat: torch.Tensor | None = None
+        self.views: list[torch.Tensor] = []
+        self._versions: list[int] | None = None
+
+    def refresh(self) -> None:
+        """Recast when a weight has changed since the last cast (or was never cast)."""
+        versions = [p._version for p in self.params]
+        if versions != self._versions or self.flat is None or self.flat.device != self.params[0].device:
+            with torch.no_grad():
+                self.flat = torch.cat([p.reshape(-1) for p in self.params]).to(self.dtype)
+            self.views = [self.flat[o:o + p.numel()].view(p.shape) for p, o in zip(self.params, self.offsets)]
+            self._versions = versions
+
+    def _swap_in(self, module, args) -> None:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.params):
+            views = _AttachWeights.apply(self, self.flat, *self.params)
+        else:
+            views = self.views
+        for (m, name), v in zip(self.slots, views):
+            m._parameters[name] = v
+
+    def _swap_out(self, *_) -> None:
+        for (m, name), p in zip(self.slots, self.params):
+            m._parameters[name] = p
+
+    @contextlib.contextmanager
+    def attached(self):
+        if not self.params:
+            yield
+            return
+        self.refresh()
+        hooks = (self.module.register_forward_pre_hook(self._swap_in), self.module.register_forward_hook(self._swap_out))
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+            self._swap_out()
+
+
+class TrainAutocast:
+    """The training steps' precision context: ``amp(*networks, enabled=True)`` is one autocast region (as
+    :func:`autocast`) in which each network's convolution and linear weights are cast to bf16 once per optimiser
+    step (:class:`LowPrecisionWeights`), not in every call. ``cast_once=False`` leaves all casting to autocast,
+    per call (compiled networks: the compiled graph fuses its casts)."""
+
+    def __init__(self, device: torch.device, precision: str, cast_once: bool = True):
+        self.device, self.precision, self.cast_once = device, precision, cast_once
+        self._weights: dict[int, LowPrecisionWeights] = {}
+
+    def weights(self, network: nn.Module) -> LowPrecisionWeights:
+        module = getattr(network, "module", network)  # a DDP wrapper's module (its calls run the module's hooks)
+        if id(module) not in self._weights:
+            self._weights[id(module)] = LowPrecisionWeights(module, torch.bfloat16)
+        return self._weights[id(module)]
+
+    @contextlib.contextmanager
+    def __call__(self, *networks: nn.Module, enabled: bool = True):
+        with autocast(self.device, self.precision, enabled), contextlib.ExitStack() as stack:
+            if enabled and self.precision != "fp32":
+                for net in networks:
+                    if self.cast_once:
+                        stack.enter_context(self.weights(net).attached())
+                    else:  # autocast's casts kept within a call only, as with one region per call
+                        stack.callback(net.register_forward_pre_hook(_clear_autocast_cache).remove)
+            yield
+
+
+def _clear_autocast_cache(*_) -> None:
+    torch.clear_autocast_cache()
 
 
 def prepare_modules(modules: dict[str, nn.Module], t) -> None:
@@ -231,13 +351,26 @@ class BatchStream:
 
 # ============================================================================================== shared loop
 
+class EMA:
+    """ema <- decay * ema + (1 - decay) * model for every parameter, one foreach call over lists made once (the
+    training loops hold one for their whole run: the modules keep their tensors, state dicts load in place);
+    buffers copied."""
+
+    def __init__(self, ema: nn.Module, model: nn.Module, decay: float):
+        self.decay = decay
+        self.ema_params, self.params = list(ema.parameters()), list(model.parameters())
+        self.ema_buffers, self.buffers = list(ema.buffers()), list(model.buffers())
+
+    def update(self) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1.0 - self.decay)
+            if self.ema_buffers:
+                torch._foreach_copy_(self.ema_buffers, self.buffers)
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for every parameter (one foreach call); buffers copied."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-        buffers = list(ema.buffers())
-        if buffers:
-            torch._foreach_copy_(buffers, list(model.buffers()))
+    """One EMA step (:class:`EMA`, its lists made for this call)."""
+    EMA(ema, model, decay).update()
 
 
 def total_steps(t, steps_per_epoch: int) -> int | None:

@@ -85,6 +85,13 @@ class DDGANProcess:
         self.posterior_mean_coef1 = b * np.sqrt(ab_prev) / (1.0 - ab)
         self.posterior_mean_coef2 = (1.0 - ab_prev) * np.sqrt(1.0 - b) / (1.0 - ab)
         self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        # The training pairs' and the posterior sample's coefficients per t, one row each (``_STEP_COLUMNS``),
+        # so a batch's coefficients are one lookup; the posterior's noise scale is exp(log_var / 2), 0 at t = 0.
+        self._step_table = {"sqrt_alphas_cumprod": self.sqrt_alphas_cumprod[:-1],
+                            "sqrt_one_minus_alphas_cumprod": self.sqrt_one_minus_alphas_cumprod[:-1],
+                            "sqrt_alphas_next": self.sqrt_alphas[1:], "sqrt_betas_next": self.sqrt_betas[1:],
+                            "posterior_mean_coef1": self.posterior_mean_coef1,
+                            "posterior_mean_coef2": self.posterior_mean_coef2}
 
     # -- coefficient lookup ------------------------------------------------------------------------------
     def _coef(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +102,21 @@ class DDGANProcess:
             table = torch.as_tensor(getattr(self, name), dtype=x.dtype, device=x.device)
             self._cache[key] = table
         return table[t.to(x.device).long()].view(-1, *([1] * (x.dim() - 1)))
+
+    def _step_coefs(self, t: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every coefficient of ``_step_table`` (and ``posterior_std``) at ``t``, each (B, 1, ..., 1) like
+        :meth:`_coef`'s, from one lookup of a (T, 7) table in x's dtype / device."""
+        key = ("_step_table", x.device, x.dtype)
+        table = self._cache.get(key)
+        if table is None:
+            cols = [torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in self._step_table.values()]
+            log_var = torch.as_tensor(self.posterior_log_variance_clipped, dtype=x.dtype, device=x.device)
+            nonzero = (torch.arange(self.num_timesteps, device=x.device) != 0).to(x.dtype)
+            cols.append(nonzero * torch.exp(0.5 * log_var))  # the same float ops posterior_sample did per call
+            table = torch.stack(cols, dim=1)
+            self._cache[key] = table
+        rows = table[t.to(x.device).long()].view(-1, table.shape[1], *([1] * (x.dim() - 1)))
+        return dict(zip([*self._step_table, "posterior_std"], rows.unbind(1)))
 
     # -- forward process ---------------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,8 +135,9 @@ class DDGANProcess:
         ``noise`` = (noise of x_t given x_0, noise of the step t -> t+1); drawn with randn_like when None.
         """
         n_t, n_step = (torch.randn_like(x0), torch.randn_like(x0)) if noise is None else noise
-        x_t = self.q_sample(x0, t, n_t)
-        x_tp1 = self._coef("sqrt_alphas", t + 1, x0) * x_t + self._coef("sqrt_betas", t + 1, x0) * n_step
+        c = self._step_coefs(t, x0)  # q_sample's and the one step's formulas, the coefficients looked up at once
+        x_t = c["sqrt_alphas_cumprod"] * x0 + c["sqrt_one_minus_alphas_cumprod"] * n_t
+        x_tp1 = c["sqrt_alphas_next"] * x_t + c["sqrt_betas_next"] * n_step
         return x_t, x_tp1
 
     # -- posterior ---------------------------------------------------------------------------------------
@@ -132,11 +155,11 @@ class DDGANProcess:
                          noise: torch.Tensor | None = None, generator: torch.Generator | None = None
                          ) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_{t+1}, x_0); no noise where t == 0."""
-        mean, _, log_var = self.posterior_mean_variance(x0, x_tp1, t)
+        c = self._step_coefs(t, x_tp1)  # posterior_mean_variance's mean; the noise scale, 0 at t = 0
+        mean = c["posterior_mean_coef1"] * x0 + c["posterior_mean_coef2"] * x_tp1
         if noise is None:
             noise = randn_like(x_tp1, generator)
-        nonzero = (t.to(x_tp1.device) != 0).to(x_tp1.dtype).view(-1, *([1] * (x_tp1.dim() - 1)))
-        return mean + nonzero * torch.exp(0.5 * log_var) * noise
+        return mean + c["posterior_std"] * noise
 
     # -- sampler -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -161,7 +184,7 @@ class DDGANProcess:
         return x
 
 
-def _no_amp(enabled: bool = True):
+def _no_amp(*networks, enabled: bool = True):
     return contextlib.nullcontext()
 
 
@@ -170,7 +193,9 @@ class DDGANLoss:
     """DDGAN's adversarial objective (PAPERS.md sections 1-2), beside its process: the non-saturating GAN loss on
     posterior pairs (x_t, x_{t+1}), lazy R1 on real x_t, and WaveDiff's L1 reconstruction of the clean
     coefficients. The networks are passed in (their DDP wrappers or compiled forms, as the trainer sees fit);
-    ``amp(enabled)`` gives the forward passes' autocast context (R1's pass always runs without it, in fp32)."""
+    ``amp(*networks, enabled=True)`` gives the forward passes' autocast context, one region per step half, told
+    which networks run in it (``bench.train.TrainAutocast`` casts their weights once per step, not per call);
+    R1's pass always runs without it, in fp32."""
 
     process: DDGANProcess
     nz: int                          # latent size of G
@@ -189,19 +214,20 @@ class DDGANLoss:
         b = x0.shape[0]
         t, x_t, x_tp1 = self._pairs(x0)
         x_t.requires_grad_(r1)
-        with amp(enabled=not r1):
-            d_real = (D_r1 if r1 and D_r1 is not None else D)(x_t, t, x_tp1.detach()).float()
-        loss_real = F.softplus(-d_real).mean()
         out = {}
-        if r1:
+        if r1:  # R1's pass: fp32, outside the autocast region
+            d_real = (D_r1 if D_r1 is not None else D)(x_t, t, x_tp1.detach()).float()
             (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
             out["r1"] = self.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
-        z = torch.randn(b, self.nz, device=x0.device)
-        with torch.no_grad(), amp():
-            x0_fake = G(x_tp1, t, z).float()
-        x_fake = self.process.posterior_sample(x0_fake, x_tp1, t)
-        with amp():
+        with amp(D, G):
+            if not r1:
+                d_real = D(x_t, t, x_tp1.detach()).float()
+            z = torch.randn(b, self.nz, device=x0.device)
+            with torch.no_grad():
+                x0_fake = G(x_tp1, t, z).float()
+            x_fake = self.process.posterior_sample(x0_fake, x_tp1, t)
             loss_fake = F.softplus(D(x_fake, t, x_tp1).float()).mean()
+        loss_real = F.softplus(-d_real).mean()
         total = loss_real + loss_fake
         return {"loss": total + out["r1"] if r1 else total, "loss_d": total, "loss_d_real": loss_real,
                 "loss_d_fake": loss_fake, **out}
@@ -211,7 +237,7 @@ class DDGANLoss:
         ``lambda_rec`` x L1 between G's x0 and the clean x0. Returns the total ``loss`` and its parts."""
         t, _, x_tp1 = self._pairs(x0)
         z = torch.randn(x0.shape[0], self.nz, device=x0.device)
-        with amp():
+        with amp(G, D):
             x0_pred = G(x_tp1, t, z).float()
             x_fake = self.process.posterior_sample(x0_pred, x_tp1, t)
             adv = F.softplus(-D(x_fake, t, x_tp1).float()).mean()

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import FirDownsample, linear, timestep_embedding, variance_scaling_
+from models.layers import FirDownsample, LinearBank, linear, projected, timestep_embedding, variance_scaling_
 
 __all__ = [
     "DiscriminatorConfig",
@@ -147,9 +147,10 @@ class DownBlock(nn.Module):
         self.down_x = FirDownsample(cin, fir_kernel) if downsample else None
         self.slope = slope
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | dict) -> torch.Tensor:
+        """``temb``: the time embedding, or a :class:`LinearBank` result holding ``dense_t``'s output."""
         h = self.conv1(F.leaky_relu(x, self.slope))
-        h = F.leaky_relu(h + self.dense_t(temb)[:, :, None, None], self.slope)
+        h = F.leaky_relu(h + projected(self.dense_t, temb)[:, :, None, None], self.slope)
         if self.down_h is not None:
             h = self.down_h(h)
             x = self.down_x(x)
@@ -173,11 +174,13 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_conv = _conv(cin + cfg.stddev_feat, cin, 3, scale=0.0 if cfg.kind == "small" else 1.0)
         self.end_linear = _dense(cin, 1)
+        self.time_bank = LinearBank([block.dense_t for block in self.blocks])  # every block's time bias, one matmul
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_tp1: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         temb = F.leaky_relu(self.t_mlp(timestep_embedding(t, cfg.t_emb_dim)), cfg.leaky_slope)
         h = self.start_conv(torch.cat([x_t, x_tp1], dim=1))
+        temb = self.time_bank(temb)
         for block in self.blocks:
             h = block(h, temb)
         h = minibatch_stddev(h, cfg.stddev_group, cfg.stddev_feat)

@@ -1,7 +1,8 @@
 """Building blocks of the NCSN++ generator with adaptive GroupNorm (DDGAN / WaveDiff).
 
 FIR resampling uses fixed depthwise convolutions whose filters are built once, as non-persistent buffers
-sized for the layer's channel count. Every DWT / IDWT goes through :mod:`models.wavelet`.
+sized for the layer's channel count; they run through one autograd function whose backward is the adjoint
+convolution (so R1's double backward does not loop over channels), with the filter cast once under autocast. Every DWT / IDWT goes through :mod:`models.wavelet`.
 
 Speed on CPU (same arithmetic as the plain formulation, up to float rounding): the adaptive GroupNorm is one
 native ``group_norm`` call over (1, B*C) channels with the per-sample gamma / beta as its affine parameters;
@@ -77,6 +78,9 @@ def residual(x: torch.Tensor, h: torch.Tensor, skip_rescale: bool) -> torch.Tens
 # --------------------------------------------------------------------------------------------------
 
 
+_FREQS: dict[tuple[int, float, torch.device], torch.Tensor] = {}  # timestep_embedding's frequencies
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = False,
                        downscale_freq_shift: float = 1.0, max_period: float = 10000.0) -> torch.Tensor:
     """The one sinusoidal embedding of (B,) time indices, (B, dim), parameterised as diffusers'
@@ -87,7 +91,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = Fal
     diffusers-layout UNet (shift 0, cos first); U-KAN (shift 0, sin first)."""
     half = dim // 2
     exponent = -math.log(max_period) / max(half - downscale_freq_shift, 1)
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * exponent)
+    key = (half, exponent, t.device)
+    freqs = _FREQS.get(key)
+    if freqs is None:  # made once per size and device (a normal tensor even in inference mode: autograd uses it)
+        with torch.inference_mode(False):
+            freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * exponent)
+        if not (freqs.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph's pool must not keep it
+            _FREQS[key] = freqs
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)],
                     dim=1)
@@ -103,8 +113,91 @@ class PixelNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
 
 
+class _BankLinear(torch.autograd.Function):
+    """``F.linear(x, w, b)`` over the concatenated weights of a :class:`LinearBank`, with the gradients the separate
+    layers' own linears would give, bit for bit: the weight gradient is one mm (row for row what each layer's
+    would be), the bias gradient one sum per layer, and the input's gradient each layer's product summed last layer first,
+    as autograd accumulated the separate layers' contributions (one big mm would sum in another order: a rounding
+    difference that a GAN's training amplifies within a few dozen steps)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.widths = widths
+        return F.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            end = grad.shape[1]
+            for n in reversed(ctx.widths):
+                part = grad[:, end - n:end].mm(w[end - n:end])
+                grad_x = part if grad_x is None else grad_x + part
+                end -= n
+        if ctx.needs_input_grad[1]:
+            grad_w = grad.t().mm(x)  # laid out like w (autograd's choice for the separate layers too)
+        if ctx.needs_input_grad[2]:  # per layer: a sum over one wide row reduces some columns in another order
+            starts = [sum(ctx.widths[:i]) for i in range(len(ctx.widths))]
+            grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in zip(starts, ctx.widths)])
+        return grad_x, grad_w, grad_b, None
+
+
+class LinearBank:
+    """Linear layers that read the same input, applied as one matmul: ``x [W_1; W_2; ...]^T + [b_1; b_2; ...]``.
+
+    ``bank(x)`` maps each layer to its output: a (B, out) column slice of the one product, or with ``pairs`` (the
+    adaptive GroupNorms' styles: each output is a gamma half and a beta half over C channels) gamma and beta, each
+    (B * C,) in the layout that :class:`AdaptiveGroupNorm`'s fused ``group_norm`` takes, all laid out by one gather.
+    The layers keep their parameters (state-dict names and shapes unchanged); the concatenation is rebuilt on every
+    call (one cat of weights, one of biases, whose backward is slicing), so it follows every update. Not a module:
+    the layers are registered where they are built."""
+
+    def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False):
+        self.layers = list(layers)
+        self.pairs = pairs
+        widths = [layer.out_features for layer in self.layers]
+        self.offsets = [sum(widths[:i]) for i in range(len(widths))]
+        self.width = sum(widths)
+        self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _gather_index(self, b: int, device: torch.device) -> torch.Tensor:
+        """Flat positions in the (B, N) product of every layer's (2, B, C) gamma / beta block, layers in order."""
+        key = (b, device)
+        if key not in self._index:
+            parts = []
+            for layer, off in zip(self.layers, self.offsets):
+                c = layer.out_features // 2
+                k, i, j = torch.meshgrid(torch.arange(2), torch.arange(b), torch.arange(c), indexing="ij")
+                parts.append((i * self.width + off + k * c + j).reshape(-1))
+            self._index[key] = torch.cat(parts).to(device)
+        return self._index[key]
+
+    def __call__(self, x: torch.Tensor) -> dict[nn.Linear, torch.Tensor]:
+        if not self.layers:
+            return {}
+        out = _BankLinear.apply(x, torch.cat([layer.weight for layer in self.layers]),
+                                torch.cat([layer.bias for layer in self.layers]),
+                                tuple(layer.out_features for layer in self.layers))
+        if not self.pairs:  # one split: its backward is one cat, where a slice per layer would be a copy each
+            return dict(zip(self.layers, out.split([layer.out_features for layer in self.layers], dim=1)))
+        b = out.shape[0]
+        flat = out.reshape(-1).index_select(0, self._gather_index(b, out.device))
+        halves = flat.split([b * layer.out_features // 2 for layer in self.layers for _ in range(2)])
+        return {layer: (halves[2 * i], halves[2 * i + 1]) for i, layer in enumerate(self.layers)}
+
+
+def projected(layer: nn.Linear, x: torch.Tensor | dict) -> torch.Tensor:
+    """``layer``'s output: looked up in a :class:`LinearBank`'s result, or computed from the input tensor."""
+    return x[layer] if isinstance(x, dict) else layer(x)
+
+
 class AdaptiveGroupNorm(nn.Module):
-    """GroupNorm without affine parameters, then gamma(z) * x + beta(z) from a linear map of the latent."""
+    """GroupNorm without affine parameters, then gamma(z) * x + beta(z) from a linear map of the latent.
+
+    ``zemb`` is the latent embedding (B, style_dim), or a :class:`LinearBank` result holding this layer's style
+    already laid out (the generator computes every style of a call in one matmul)."""
 
     def __init__(self, channels: int, style_dim: int):
         super().__init__()
@@ -113,11 +206,14 @@ class AdaptiveGroupNorm(nn.Module):
         with torch.no_grad():
             self.style.bias[:channels] = 1.0  # gamma starts at 1, beta at 0
 
-    def forward(self, x: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, zemb: torch.Tensor | dict) -> torch.Tensor:
         # GroupNorm over (B, C) with G groups is GroupNorm over (1, B*C) with B*G groups; the per-sample
         # gamma / beta are then its per-channel affine: one fused pass instead of normalise, then scale-shift.
         b, c = x.shape[:2]
-        gamma, beta = self.style(zemb).view(b, 2, c).transpose(0, 1).reshape(2, b * c)  # one small copy
+        if isinstance(zemb, dict):
+            gamma, beta = zemb[self.style]
+        else:
+            gamma, beta = self.style(zemb).view(b, 2, c).transpose(0, 1).reshape(2, b * c)  # one small copy
         out = F.group_norm(x.reshape(1, b * c, *x.shape[2:]), b * self.groups, gamma, beta, eps=1e-6)
         return out.view(x.shape)
 
@@ -137,7 +233,64 @@ def _fir_filter(kernel: Sequence[int], channels: int, gain: float) -> torch.Tens
     return k2[None, None].repeat(channels, 1, 1, 1).contiguous()
 
 
-class FirDownsample(nn.Module):
+class _DepthwiseFIR(torch.autograd.Function):
+    """``conv2d(x, f, stride, padding, groups=C)`` (or with ``transpose``, ``conv_transpose2d``) by a fixed depthwise
+    filter ``f``, whose backward is its adjoint: the other of the two, again this function. Every order of derivative
+    (R1's double backward included) is then one grouped convolution, where PyTorch's double backward of a grouped
+    convolution runs one convolution per channel. ``f`` is a constant (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, f, stride: int, padding: int, transpose: bool, output_padding: tuple[int, int]):
+        ctx.save_for_backward(f)
+        ctx.conf = stride, padding, transpose, tuple(x.shape[-2:])
+        if transpose:
+            return F.conv_transpose2d(x, f, stride=stride, padding=padding, output_padding=output_padding,
+                                      groups=x.shape[1])
+        return F.conv2d(x, f, stride=stride, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (f,) = ctx.saved_tensors
+        stride, padding, transpose, in_size = ctx.conf
+        if transpose:  # adjoint of the transposed convolution: the convolution
+            return _DepthwiseFIR.apply(grad, f, stride, padding, False, (0, 0)), None, None, None, None, None
+        # adjoint of the convolution: the transposed one, padded on the far side back to the input's size
+        k = f.shape[-1]
+        out_pad = tuple(n - ((m - 1) * stride - 2 * padding + k) for n, m in zip(in_size, grad.shape[-2:]))
+        return _DepthwiseFIR.apply(grad, f, stride, padding, True, out_pad), None, None, None, None, None
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run a convolution of ``x`` in (``x``'s own outside autocast or for float64)."""
+    dev = x.device.type
+    if x.dtype != torch.float64 and torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+class _FirFilter(nn.Module):
+    """Holds a depthwise FIR filter (a non-persistent buffer) and applies it with :class:`_DepthwiseFIR`. Under
+    autocast the filter's low-precision copy is made once and kept (until the buffer is replaced or changed),
+    not cast again on every call as autocast would."""
+
+    def _filter_as(self, dtype: torch.dtype) -> torch.Tensor:
+        f = self.filter
+        if f.dtype == dtype:
+            return f
+        cached = self.__dict__.get("_cast")
+        if cached is not None and cached[0] is f and cached[1] == f._version and cached[2].dtype == dtype:
+            return cached[2]
+        low = f.to(dtype)
+        if not (f.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph's pool must not keep it
+            self.__dict__["_cast"] = (f, f._version, low)
+        return low
+
+    def fir(self, x: torch.Tensor, stride: int, padding: int, transpose: bool = False) -> torch.Tensor:
+        dtype = _autocast_dtype(x)
+        return _DepthwiseFIR.apply(x.to(dtype), self._filter_as(dtype), stride, padding, transpose, (0, 0))
+
+
+class FirDownsample(_FirFilter):
     """Blur with the FIR kernel and keep every second pixel: (B, C, H, W) -> (B, C, H/2, W/2)."""
 
     def __init__(self, channels: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -146,10 +299,10 @@ class FirDownsample(nn.Module):
         self.pad = (len(kernel) - 2) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.filter, stride=2, padding=self.pad, groups=x.shape[1])
+        return self.fir(x, 2, self.pad)
 
 
-class FirUpsample(nn.Module):
+class FirUpsample(_FirFilter):
     """Zero-insertion upsampling by 2 followed by the FIR kernel (gain 4), as one transposed depthwise conv."""
 
     def __init__(self, channels: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -159,11 +312,13 @@ class FirUpsample(nn.Module):
         self.pad = len(kernel) // 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.filter, stride=2, padding=self.pad, groups=x.shape[1])
+        return self.fir(x, 2, self.pad, transpose=True)
 
 
-class FirConvDownsample(nn.Module):
+class FirConvDownsample(_FirFilter):
     """FIR blur then 3x3 convolution with stride 2 (StyleGAN2's fused conv-downsample), with bias."""
+
+    autocast_weights = ("weight", "bias")  # both only enter the convolution (bench.train.LowPrecisionWeights)
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
         super().__init__()
@@ -173,11 +328,10 @@ class FirConvDownsample(nn.Module):
         self.pad = len(kernel) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.filter, padding=self.pad, groups=x.shape[1])
-        return F.conv2d(x, self.weight, self.bias, stride=2)
+        return F.conv2d(self.fir(x, 1, self.pad), self.weight, self.bias, stride=2)
 
 
-class FirConvUpsample(nn.Module):
+class FirConvUpsample(_FirFilter):
     """3x3 transposed convolution with stride 2, then FIR blur (gain 4): StyleGAN2's fused upsample-conv."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
@@ -189,8 +343,7 @@ class FirConvUpsample(nn.Module):
         self.pad = len(kernel) // 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv_transpose2d(x, self.weight, stride=2)
-        x = F.conv2d(x, self.filter, padding=self.pad, groups=x.shape[1])
+        x = self.fir(F.conv_transpose2d(x, self.weight, stride=2), 1, self.pad)
         return x + self.bias[:, None, None]
 
 
@@ -234,7 +387,8 @@ class AttnBlock(nn.Module):
 class ResBlock(nn.Module):
     """BigGAN-style residual block with adaptive GroupNorm and a time bias; optional FIR up/down sampling.
 
-    ``temb`` given to ``forward`` is the time embedding after SiLU (computed once per network call).
+    ``temb`` given to ``forward`` is the time embedding after SiLU (computed once per network call), ``zemb`` the
+    latent embedding; or each a :class:`LinearBank` result with this block's projections of them.
     """
 
     def __init__(self, in_ch: int, out_ch: int | None = None, temb_dim: int = 512, zemb_dim: int = 256,
@@ -263,7 +417,7 @@ class ResBlock(nn.Module):
 
     def _finish(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
         """``h``: a fresh tensor (conv0's output or a transform of it) that autograd did not save."""
-        h = h.add_(self.temb_proj(temb)[:, :, None, None])
+        h = h.add_(projected(self.temb_proj, temb)[:, :, None, None])
         h = self.conv1(self.dropout(silu(self.norm1(h, zemb))))
         return residual(x, h, self.skip_rescale)
 

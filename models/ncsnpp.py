@@ -13,8 +13,9 @@ Layer structure, widths and initialisation follow the public DDGAN / WaveDiff ge
 counts). Differences that change no parameter: the time embedding's SiLU is applied once per call instead of
 in every block; attention uses ``scaled_dot_product_attention`` with fused q/k/v; patching uses
 ``pixel_unshuffle`` / ``pixel_shuffle`` channel order; FIR resampling uses strided depthwise convolutions;
-the adaptive GroupNorm is one fused ``group_norm`` call and residual sums are written in place
-(:mod:`models.layers`).
+the adaptive GroupNorm is one fused ``group_norm`` call and residual sums are written in place; all the style
+projections of a call are one matmul, and all the time projections another (:class:`models.layers.LinearBank`;
+the layers keep their parameters) (:mod:`models.layers`).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import (AttnBlock, FirConvDownsample, FrequencyBottleneck, MidBlock, PixelNorm, ResBlock,
-                           WaveletDownsample, WaveletResBlock, conv2d, linear, num_groups, timestep_embedding)
+from models.layers import (AdaptiveGroupNorm, AttnBlock, FirConvDownsample, FrequencyBottleneck, LinearBank, MidBlock,
+                           PixelNorm, ResBlock, WaveletDownsample, WaveletResBlock, conv2d, linear, num_groups,
+                           timestep_embedding)
 
 __all__ = ["NCSNppConfig", "NCSNppGenerator"]
 
@@ -159,12 +161,17 @@ class NCSNppGenerator(nn.Module):
         self.norm_out = nn.GroupNorm(num_groups(ch), ch, eps=1e-6)
         self.conv_out = conv2d(ch, cfg.out_channels * p * p, 3, init_scale=0.0)
 
+        # Every style and every time projection of a call in one matmul each (the layers stay where they are).
+        self.style_bank = LinearBank([m.style for m in self.modules() if isinstance(m, AdaptiveGroupNorm)], pairs=True)
+        self.time_bank = LinearBank([m.temb_proj for m in self.modules() if isinstance(m, ResBlock)])
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         if cfg.patch_size > 1:
             x = F.pixel_unshuffle(x, cfg.patch_size)
         zemb = self.z_mapping(z)
         temb = F.silu(self.time_embed(timestep_embedding(t, cfg.nf)))  # every ResBlock uses SiLU(temb)
+        temb, zemb = self.time_bank(temb), self.style_bank(zemb)  # each block's projections, looked up by layer
 
         pyramid = x
         hs = [self.conv_in(x)]

@@ -165,3 +165,21 @@ def test_loss_parts_follow_their_definitions():
     g = loss.generator(G, D, x0)
     torch.testing.assert_close(g["loss"], g["loss_g"] + 2.0 * g["loss_rec"])
     assert g["loss_rec"] > 0 and float(d["loss_d_real"]) > 0
+
+
+@pytest.mark.parametrize("T", [4, 2])
+def test_pairs_and_posterior_sample_equal_their_formulas_bitwise(T):
+    """q_sample_pairs and posterior_sample look their coefficients up in one table (fewer kernels per step); they
+    compute bitwise what the per-coefficient formulas do."""
+    process = DDGANProcess(DDGANScheduleConfig(num_timesteps=T))
+    torch.manual_seed(0)
+    x0 = torch.randn(16, 3, 8, 8)
+    t = torch.randint(0, T, (16,))
+    n_t, n_step, noise = torch.randn_like(x0), torch.randn_like(x0), torch.randn_like(x0)
+    x_t, x_tp1 = process.q_sample_pairs(x0, t, (n_t, n_step))
+    assert torch.equal(x_t, process.q_sample(x0, t, n_t))
+    c = process._coef
+    assert torch.equal(x_tp1, c("sqrt_alphas", t + 1, x0) * x_t + c("sqrt_betas", t + 1, x0) * n_step)
+    mean, _, log_var = process.posterior_mean_variance(x0, x_tp1, t)
+    nonzero = (t != 0).float().view(-1, 1, 1, 1)
+    assert torch.equal(process.posterior_sample(x0, x_tp1, t, noise), mean + nonzero * torch.exp(0.5 * log_var) * noise)

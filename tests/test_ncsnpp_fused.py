@@ -134,3 +134,110 @@ def test_generator_same_output_with_and_without_autograd(wgen):
     assert torch.equal(x, saved[0]) and torch.equal(z, saved[1])
     with torch.inference_mode():
         assert torch.equal(net(x, t, z), fast)
+
+
+def _unbanked(net: nn.Module):
+    """The same network computing every style / time projection in its own block (the per-block reference)."""
+    ref = __import__("copy").deepcopy(net)
+    for name in ("style_bank", "time_bank"):
+        if hasattr(ref, name):
+            setattr(ref, name, lambda x: x)
+    return ref
+
+
+@pytest.mark.parametrize("wgen", [False, True])
+def test_banked_projections_equal_per_block_projections(wgen):
+    """One matmul for all styles and one for all time projections (models.layers.LinearBank) computes what each
+    block's own linear layer does, bit for bit: outputs and every gradient (the input's summed in autograd's
+    order), and the parameters keep their names. The W-Generator's bottleneck reuses a block: rounding there."""
+    from models.discriminator import Discriminator, DiscriminatorConfig
+    torch.manual_seed(0)
+    cfg = NCSNppConfig(4, 4, 16, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), nz=8,
+                       z_emb_dim=16, n_mlp=2, **(W_GEN if wgen else {}))
+    g = randomised(NCSNppGenerator(cfg), 0.1)
+    d = randomised(Discriminator(DiscriminatorConfig(in_channels=4, image_size=16, ngf=4, num_layers=3,
+                                                      t_emb_dim=16)), 0.1)
+    x, t, z = torch.randn(3, 4, 16, 16), torch.tensor([0, 3, 1]), torch.randn(3, 8)
+    results = []
+    for gen, disc in ((g, d), (_unbanked(g), _unbanked(d))):
+        assert [n for n, _ in gen.named_parameters()] == [n for n, _ in g.named_parameters()]
+        xg = x.clone().requires_grad_()
+        out = disc(xg, t, gen(xg, t, z))
+        params = list(gen.parameters()) + list(disc.parameters())
+        results.append((out, *torch.autograd.grad(out.square().sum(), [xg] + params)))
+    for a, b in zip(*results):
+        if wgen:  # the frequency bottleneck runs block2 twice: its two uses now share one projection, whose
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)  # gradients meet before the mm: rounding
+        else:  # bitwise: a training run's trajectory must not change
+            assert torch.equal(a, b)
+
+
+def _native_fir(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The FIR filters as PyTorch's grouped convolutions (whose double backward loops over the channels)."""
+    from models.layers import FirConvDownsample, FirDownsample, FirUpsample
+    f = module.filter.to(x.dtype)
+    if isinstance(module, FirUpsample):
+        return F.conv_transpose2d(x, f, stride=2, padding=module.pad, groups=x.shape[1])
+    if isinstance(module, FirDownsample):
+        return F.conv2d(x, f, stride=2, padding=module.pad, groups=x.shape[1])
+    assert isinstance(module, FirConvDownsample)
+    return F.conv2d(x, f, padding=module.pad, groups=x.shape[1])
+
+
+def _fir_cases():
+    from models.layers import FirConvDownsample, FirDownsample, FirUpsample
+    return [(FirDownsample(3), (2, 3, 8, 8)), (FirDownsample(2), (1, 2, 7, 5)), (FirUpsample(3), (2, 3, 5, 4)),
+            (FirDownsample(2, (1, 1)), (1, 2, 6, 6)), (FirConvDownsample(3, 4), (2, 3, 6, 6))]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_fir_function_first_and_second_derivatives_equal_grouped_convolution(case):
+    """The FIR autograd function (backward = the adjoint convolution, itself differentiable) against PyTorch's
+    grouped convolutions in float64: values, gradcheck / gradgradcheck, and R1's double backward."""
+    module, shape = _fir_cases()[case]
+    module = module.double()
+    fir = (lambda v: module.fir(v, 1, module.pad)) if hasattr(module, "weight") else module
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(fir(x), _native_fir(module, x), atol=1e-14, rtol=1e-13)
+    assert torch.autograd.gradcheck(fir, (x,), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fir, (x,), fast_mode=True)
+    w = torch.randn_like(fir(x))
+    penalty = []
+    for f in (fir, lambda v: _native_fir(module, v)):  # an R1-like penalty, then its gradient
+        (g,) = torch.autograd.grad((f(x).tanh() * w).sum(), x, create_graph=True)
+        penalty.append(torch.autograd.grad(g.square().sum(), x)[0])
+    torch.testing.assert_close(*penalty, atol=1e-12, rtol=1e-10)
+
+
+def test_fir_double_backward_runs_no_convolution_per_channel():
+    """R1's double backward through a FIR downsample of C channels: a constant number of convolutions, not ~C."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from models.layers import FirDownsample
+
+    class Convs(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Convs.n += "convolution" in func.overloadpacket.__name__
+            return func(*args, **(kwargs or {}))
+
+    down = FirDownsample(64)
+    x = torch.randn(2, 64, 8, 8, requires_grad=True)
+    with Convs():
+        (g,) = torch.autograd.grad(down(x).square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+    assert Convs.n <= 4
+
+
+def test_fir_filter_cast_once_under_autocast():
+    """Under bf16 autocast the filter is cast once and kept; the result is autocast's own (a bf16 convolution)."""
+    from models.layers import FirDownsample
+    down = FirDownsample(4)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = down(x)
+        first = down._filter_as(torch.bfloat16)
+        assert down(x) is not None and down._filter_as(torch.bfloat16) is first
+        ref = _native_fir(down, x)
+    assert out.dtype == ref.dtype == torch.bfloat16 and torch.equal(out, ref)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from bench.config import ConfigError, RunConfig
 from bench.distributed import SINGLE, DistContext
 from bench.families.base import Family, System, space_shape, unknown_preset
-from bench.train import (BatchStream, TrainResult, autocast, batch_format, compiled, ema_update, lr_lambda,
+from bench.train import (EMA, BatchStream, TrainResult, autocast, batch_format, compiled, lr_lambda,
                          prepare_modules, run_loop, total_steps)
 from models.ddpm import SAMPLERS, SPACINGS, DDPMConfig, GaussianDiffusion
 from models.ukan import UKAN, UKANConfig
@@ -133,6 +133,7 @@ def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: 
     horizon = total_steps(t, stream.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(horizon, t.warmup_steps, 0.0))
     net.train()
+    ema = EMA(system.ema, net, t.ema_decay) if system.ema is not None else None
 
     def update(images: torch.Tensor, step: int) -> dict:
         opt.zero_grad(set_to_none=True)
@@ -144,8 +145,8 @@ def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: 
         if t.grad_clip > 0:
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip).detach()
         opt.step()
-        if system.ema is not None:
-            ema_update(system.ema, net, t.ema_decay)
+        if ema is not None:
+            ema.update()
         return out
 
     return run_loop(cfg, modules=system.modules(), optimizers={"denoiser": opt}, schedulers={"denoiser": sched},

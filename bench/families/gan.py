@@ -9,7 +9,6 @@ the non-saturating loss, lazy R1, the reconstruction term and an EMA of G (:func
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -21,7 +20,7 @@ from bench.data import DATASET_PRESETS
 from bench.distributed import SINGLE, DistContext
 from bench.families.base import Family, System, space_shape, unknown_preset
 from bench.step_graphs import StepGraphs, graph_optimizer_options
-from bench.train import (BatchStream, TrainResult, autocast, batch_format, compiled, ema_update, lr_lambda,
+from bench.train import (EMA, BatchStream, TrainAutocast, TrainResult, batch_format, compiled, lr_lambda,
                          prepare_modules, run_loop, total_steps)
 from models.ddgan import DDGANLoss, DDGANProcess, DDGANScheduleConfig
 from models.discriminator import Discriminator, DiscriminatorConfig
@@ -130,7 +129,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     G_fwd, D_fwd = compiled(G_par, t), compiled(D_par, t)   # R1 (double backward) goes through D_par itself
     D_frozen = D_fwd if not dist.enabled else compiled(D, t)  # G's step: D without its DDP wrapper (no gradients)
     loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec)
-    amp = functools.partial(autocast, device, t.precision)
+    amp = TrainAutocast(device, t.precision, cast_once=not t.compile)  # bf16: weights cast once per step
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(G.parameters(), betas=(t.beta1, t.beta2), fused=fused,
                              **graph_optimizer_options(t.lr_g, device, t.cuda_graphs))
@@ -141,6 +140,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_lambda(horizon, 0, min(1.0, t.lr_min / t.lr_d)))
     G.train()
     D.train()
+    ema = EMA(G_ema, G, t.ema_decay)
 
     def train_step(images: torch.Tensor, r1: bool) -> dict:
         x0 = batch_format(system.encode(images), t)
@@ -158,7 +158,7 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
         g = loss.generator(G_fwd, D_frozen, x0, amp=amp)
         g.pop("loss").backward()
         opt_g.step()
-        ema_update(G_ema, G, t.ema_decay)
+        ema.update()
         return {k: v.detach() for k, v in {**d, **g}.items()}
 
     # One graph per kind of step: plain, and with R1.
