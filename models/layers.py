@@ -177,9 +177,18 @@ class LinearBank:
     def __call__(self, x: torch.Tensor) -> dict[nn.Linear, torch.Tensor]:
         if not self.layers:
             return {}
-        out = _BankLinear.apply(x, torch.cat([layer.weight for layer in self.layers]),
-                                torch.cat([layer.bias for layer in self.layers]),
-                                tuple(layer.out_features for layer in self.layers))
+        w = torch.cat([layer.weight for layer in self.layers])
+        bias = torch.cat([layer.bias for layer in self.layers])
+        widths = tuple(layer.out_features for layer in self.layers)
+        kind = x.device.type
+        if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+            # What autocast does to a linear: its inputs cast (autograd ops, so the gradients reach the fp32
+            # weights cast back), the product and its backward in the low precision.
+            dt = torch.get_autocast_dtype(kind)
+            with torch.autocast(kind, enabled=False):
+                out = _BankLinear.apply(x.to(dt), w.to(dt), bias.to(dt), widths)
+        else:
+            out = _BankLinear.apply(x, w, bias, widths)
         if not self.pairs:  # one split: its backward is one cat, where a slice per layer would be a copy each
             return dict(zip(self.layers, out.split([layer.out_features for layer in self.layers], dim=1)))
         b = out.shape[0]

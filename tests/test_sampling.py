@@ -110,13 +110,16 @@ def test_bf16_weights_are_cast_once_with_the_same_samples(emulate_graphs, one_th
     for _ in range(2):  # the first call finds and copies the weights autocast casts, the second uses the copies
         assert torch.equal(sampler(x_T, torch.Generator().manual_seed(2)), plain())
     copies = len(sampler.cast.copies)
-    params = sum(1 for p in net.parameters() if p.is_floating_point())
+    # The banked projections (models.layers.LinearBank) are cast as one concatenation per call, not per weight.
+    banked = {id(p) for bank in (net.style_bank, net.time_bank) for layer in bank.layers for p in layer.parameters()}
+    params = sum(1 for p in net.parameters() if p.is_floating_point() and id(p) not in banked)
     assert copies >= params - 10  # all but a few norm weights (fp32 ops keep fp32 weights)
     nfe = system.nfe
     before = _to_copies(plain)
     after = _to_copies(lambda: sampler(x_T, torch.Generator().manual_seed(2)))
-    # no cast of a copied weight at any call (some weights were cast more than once per call)
-    assert after <= before - nfe * copies, (before, after, nfe, copies)
+    # No copied weight is cast at any call: what is left per call is the inputs' casts and the two banks' (their
+    # input, weights and biases, one cast each): at most 10 per call, where plain autocast makes about 100.
+    assert after <= 10 * nfe and before >= nfe * copies, (before, after, nfe, copies)
     with torch.no_grad():
         for p in net.parameters():  # in place, as an EMA step: the copies follow (one cast per weight)
             p.mul_(1.01)
