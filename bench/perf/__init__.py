@@ -63,8 +63,7 @@ from bench.perf.haar import HAAR_SHAPES, load_pytorch_wavelets
 from bench.perf.overhead import OVERHEAD_VARIANT
 from bench.perf.sampling import DVDP_VARIANT, GAN_GROUP, STEP_GROUP
 from bench.perf.timing import interleaved, paired_ratio, rounds, summarize, versus, wall_time
-from bench.perf.training import TRAIN_GROUPS
-from bench.schema import PRECISIONS
+from bench.perf.training import TRAIN_ARMS, TRAIN_GROUPS
 from bench.tracking import Tracker, flatten, git_commit
 
 __all__ = ["PerfConfig", "quick_config", "run_benchmark", "render", "rounds", "interleaved", "wall_time", "summarize",
@@ -209,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=registry.SCALES, help="network sizes of sections 2-3")
     ap.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: leave as is)")
-    ap.add_argument("--train-precisions", help="training arms, comma-separated (default fp32; fp32,bf16 on CUDA)")
+    ap.add_argument("--train-precisions", help="training arms, comma-separated: fp32, bf16, fp32+graphs, bf16+graphs "
+                                               "(default fp32; all four on CUDA)")
     ap.add_argument("--train-warmup", type=int, help="untimed training steps per arm and round (default 1; a GAN's "
                                                       "are whole lazy_reg cycles)")
     ap.add_argument("--train-steps", type=int, help="timed training steps per arm and round (default 2; a GAN's are "
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None:
         over["sampler_repeats"] = args.repeats
     if resolve_device(args.device).type == "cuda":
-        over["train_precisions"] = PRECISIONS  # mixed precision is a GPU option
+        over["train_precisions"] = TRAIN_ARMS  # mixed precision and CUDA graphs are GPU options
         if not args.quick:
             # A GPU affords the papers' protocol more closely (they use 10 warm-up + 300 timed runs).
             over.setdefault("repeats", 20)
@@ -239,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             over["warmup"] = 10
     if args.train_precisions:
         over["train_precisions"] = tuple(p.strip() for p in args.train_precisions.split(",") if p.strip())
-        bad = [p for p in over["train_precisions"] if p not in PRECISIONS]
+        bad = [p for p in over["train_precisions"] if p not in TRAIN_ARMS]
         if bad or not over["train_precisions"]:
-            ap.error(f"--train-precisions {args.train_precisions!r}; valid: {', '.join(PRECISIONS)} (comma-separated)")
+            ap.error(f"--train-precisions {args.train_precisions!r}; valid: {', '.join(TRAIN_ARMS)} (comma-separated; "
+                     "+graphs: train.cuda_graphs, GAN variants)")
     if args.sections:
         over["sections"] = tuple(s.strip() for s in args.sections.split(",") if s.strip())
         bad = [s for s in over["sections"] if s not in SECTIONS]

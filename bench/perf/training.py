@@ -28,10 +28,17 @@ from bench.perf.timing import fmt, paired_ratio, ratio, rounds, say, stat, summa
 from bench.tracking import NullTracker
 from bench.train import BatchStream
 
-__all__ = ["TRAIN_GROUPS", "run", "render", "metrics", "train_round", "step_flops_per_image", "TrainSession",
+__all__ = ["TRAIN_GROUPS", "TRAIN_ARMS", "arm_options", "run", "render", "metrics", "train_round", "step_flops_per_image", "TrainSession",
            "timed_steps", "kernel_table"]
 
 TRAIN_GROUPS = (GAN_GROUP, STEP_GROUP + (DVDP_VARIANT,))
+# Training arms: a precision, or a precision with the whole step as CUDA graphs (train.cuda_graphs; GAN variants).
+TRAIN_ARMS = ("fp32", "bf16", "fp32+graphs", "bf16+graphs")
+
+
+def arm_options(arm: str) -> tuple[str, bool]:
+    """(train.precision, train.cuda_graphs) of a training arm."""
+    return arm.split("+")[0], arm.endswith("+graphs")
 
 
 class _Enough(Exception):
@@ -198,16 +205,21 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
                  "scale": pc.scale, "precisions": list(pc.train_precisions), "groups": [], "profiles": []}
     for group in TRAIN_GROUPS:
         cfgs, flops, steps, sessions = {}, {}, {}, {}
+        # train.cuda_graphs arms only where every variant of the group has the option (the GAN family's)
+        arms = [a for a in pc.train_precisions if not arm_options(a)[1]
+                or all(hasattr(config(n, pc).train, "cuda_graphs") for n in group)]
         for name in group:
             cfg = config(name, pc)
             if pc.quick:  # the smoke run: a two-step cycle (a GAN's R1 every 2 steps), so its windows stay short
                 cfg = registry.family(cfg).with_short_cycle(cfg)
-            for prec in pc.train_precisions:
-                cfgs[name, prec] = replace(cfg, train=replace(cfg.train, batch_size=B, precision=prec))
-            flops[name] = step_flops_per_image(cfgs[name, pc.train_precisions[0]])
+            for arm in arms:
+                prec, graphs = arm_options(arm)
+                cfgs[name, arm] = replace(cfg, train=replace(cfg.train, batch_size=B, precision=prec,
+                                                             **({"cuda_graphs": True} if graphs else {})))
+            flops[name] = step_flops_per_image(cfgs[name, arms[0]])
             steps[name] = timed_steps(cfg, pc.train_steps)
         windows = pc.repeats + bool(pc.profile)
-        say(f"training: {', '.join(group)} x {', '.join(pc.train_precisions)} (batch {B}, {pc.repeats} rounds of "
+        say(f"training: {', '.join(group)} x {', '.join(arms)} (batch {B}, {pc.repeats} rounds of "
             f"{pc.train_warmup} + " + ", ".join(f"{steps[n]}" for n in group) + " steps; one trainer per arm)")
         try:
             for (name, prec), cfg in cfgs.items():  # one system and trainer per arm, for every round
@@ -227,17 +239,17 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
             for s in sessions.values():
                 s.close()
         rows = []
-        for prec in pc.train_precisions:
+        for prec in arms:
             mine = {name: per_step[name, prec] for name in group}
             for name, (s, speedup) in versus(mine, group[0]).items():
                 ips = summarize([B / t for t in mine[name]])
                 row = {"variant": name, "precision": prec, "images_per_s": ips, "s_per_step": s,
                        "timed_steps": steps[name], "speedup_vs_baseline": speedup,
                        "gflops_per_image": flops[name] / 1e9,
-                       **_of_peak(flops[name] * ips["median"] / 1e9, device, None if prec == "fp32" else prec)}
-                if prec != pc.train_precisions[0]:
-                    row["vs_" + pc.train_precisions[0]] = paired_ratio(per_step[name, pc.train_precisions[0]],
-                                                                       per_step[name, prec])
+                       **_of_peak(flops[name] * ips["median"] / 1e9, device,
+                                  None if arm_options(prec)[0] == "fp32" else arm_options(prec)[0])}
+                if prec != arms[0]:
+                    row["vs_" + arms[0]] = paired_ratio(per_step[name, arms[0]], per_step[name, prec])
                 rows.append(row)
         out["groups"].append({"baseline": group[0], "rows": rows})
         sessions.clear()  # free the networks before the next group
@@ -269,7 +281,8 @@ def render(tr: dict, res: dict) -> list[str]:
     L.append("- GFLOPs / image: one training step averaged over a step cycle (forward and backward of every network "
              "it runs, a GAN's R1 double backward included), counted with torch FlopCounterMode at batch 2; "
              "achieved = GFLOPs / image x images / s. bf16 rows: autocast forward passes with fp32 weights, losses "
-             "and R1 (train.precision: bf16).")
+             "and R1 (train.precision: bf16); +graphs rows: the whole step as CUDA graphs (train.cuda_graphs; off "
+             "CUDA the same buffers without capture).")
     if tr.get("profiles"):
         L.append("")
         L.append(f"- torch.profiler kernel tables (one more window per arm after the timed rounds): "
@@ -283,12 +296,12 @@ def metrics(tr: dict) -> dict[str, float]:
     m: dict[str, float] = {}
     for grp in tr["groups"]:
         for v in grp["rows"]:
-            suffix = "" if v["precision"] == "fp32" else f"_{v['precision']}"
+            suffix = "" if v["precision"] == "fp32" else "_" + v["precision"].replace("+", "_")
             m[f"train_{v['variant']}_images_per_s{suffix}"] = v["images_per_s"]["median"]
             m[f"train_{v['variant']}_speedup_vs_{grp['baseline']}{suffix}"] = v["speedup_vs_baseline"]["median"]
             if v.get("pct_of_peak") is not None:
                 m[f"train_{v['variant']}_pct_of_peak{suffix}"] = v["pct_of_peak"]
             for k, r in v.items():
                 if k.startswith("vs_"):
-                    m[f"train_{v['variant']}{suffix}_{k}"] = r["median"]
+                    m[f"train_{v['variant']}{suffix}_{k.replace('+', '_')}"] = r["median"]
     return m
