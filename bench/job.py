@@ -347,10 +347,9 @@ def load_init_weights(cfg: RunConfig, system) -> dict | None:
                         "family)")
     if theirs.get("dataset") != cfg.dataset:
         problems.append(f"{where} was made for data set {theirs.get('dataset')!r}, the job's is {cfg.dataset!r}")
-    diff = sorted(k for k in set(flatten(theirs.get("model") or {})) | set(flatten(ours["model"]))
-                  if flatten(theirs.get("model") or {}).get(k) != flatten(ours["model"]).get(k))
+    a, b = flatten(theirs.get("model") or {}), flatten(ours["model"])
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff and not problems:
-        a, b = flatten(theirs.get("model") or {}), flatten(ours["model"])
         problems.append(f"{where}: the checkpoint's model config differs from the job's at "
                         + ", ".join(f"model.{k} ({a.get(k, 'absent')} there, {b.get(k, 'absent')} here)"
                                     for k in diff[:5])
