@@ -2,22 +2,12 @@
 autocast's per-call casts compute (losses and every gradient), with a handful of casts instead of one per weight."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import registry
 from bench.families.gan import MICRO
+from bench.perf.ops import OpCounter
 from bench.train import TrainAutocast
 from models.ddgan import DDGANLoss
-
-
-class _Casts(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.overloadpacket is torch.ops.aten._to_copy
-        return func(*args, **(kwargs or {}))
 
 
 class _OwnRegion(torch.nn.Module):
@@ -50,14 +40,14 @@ def _step(variant: str, cast_once: bool | None, r1: bool):
     g = cfg.model.generator
     x0 = torch.rand(4, g.in_channels, g.image_size, g.image_size, generator=torch.Generator().manual_seed(1)) * 2 - 1
     torch.manual_seed(2)
-    with _Casts() as casts:
+    with OpCounter() as counter:
         d = loss.discriminator(D, G, x0, r1=r1, D_r1=system.D, amp=amp)
         d["loss"].backward()
         system.D.requires_grad_(False)
         gl = loss.generator(G, D, x0, amp=amp)
         gl["loss"].backward()
     grads = {f"{k}.{n}": p.grad for k, m in (("G", system.G), ("D", system.D)) for n, p in m.named_parameters()}
-    return {**d, **gl}, grads, casts.n
+    return {**d, **gl}, grads, counter.by_op["aten._to_copy.default"]
 
 
 @pytest.mark.parametrize("variant,r1", [("wavediff", False), ("ddgan", True), ("wavediff-wg", False)])
