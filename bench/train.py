@@ -106,9 +106,12 @@ class LowPrecisionWeights:
     """The bf16 copies of a network's convolution and linear weights that autocast would make in every call, made
     once: one cat and one cast of all of them, redone only when a weight has changed (its version counter), so
     once per optimiser step. Inside :meth:`attached` each call of the network sees them in place of its weights
-    (a forward pre-hook swaps them in, the forward hook back); with autograd recording, each call gets its own
-    :class:`_AttachWeights` node, so gradients reach the fp32 weights as autocast's casts would give them (per
-    call, summed in fp32). The values are autocast's own: the same round-to-nearest casts, the same bf16 ops.
+    (a forward pre-hook swaps them in, the forward hook back). With autograd recording, the gradients reach the
+    fp32 weights through :class:`_AttachWeights` as autocast's casts would give them: with ``per_call``, one node
+    per call (as autocast regions of one call each: each call's gradient cast, the calls summed in fp32); without,
+    one node for the whole region (as one autocast region whose cached casts every call shares: the calls'
+    gradients summed in bf16, then cast once). The values are autocast's own: the same round-to-nearest casts,
+    the same bf16 ops.
 
     Which weights: those of ``nn.Conv2d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` and of modules that list
     parameter names in ``autocast_weights`` (parameters that only ever enter autocast's bf16 ops), contiguous
@@ -131,6 +134,7 @@ class LowPrecisionWeights:
         self.flat: torch.Tensor | None = None
         self.views: list[torch.Tensor] = []
         self._versions: list[int] | None = None
+        self._region_views: tuple[torch.Tensor, ...] | None = None  # the region's attached views (not per_call)
 
     def refresh(self) -> None:
         """Recast when a weight has changed since the last cast (or was never cast)."""
@@ -141,11 +145,16 @@ class LowPrecisionWeights:
             self.views = [self.flat[o:o + p.numel()].view(p.shape) for p, o in zip(self.params, self.offsets)]
             self._versions = versions
 
+    def _recording(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.params)
+
     def _swap_in(self, module, args) -> None:
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.params):
-            views = _AttachWeights.apply(self, self.flat, *self.params)
-        else:
+        if not self._recording():
             views = self.views
+        elif self._region_views is not None:
+            views = self._region_views
+        else:
+            views = _AttachWeights.apply(self, self.flat, *self.params)
         for (m, name), v in zip(self.slots, views):
             m._parameters[name] = v
 
@@ -154,11 +163,13 @@ class LowPrecisionWeights:
             m._parameters[name] = p
 
     @contextlib.contextmanager
-    def attached(self):
+    def attached(self, per_call: bool = True):
         if not self.params:
             yield
             return
         self.refresh()
+        if not per_call and self._recording():
+            self._region_views = _AttachWeights.apply(self, self.flat, *self.params)
         hooks = (self.module.register_forward_pre_hook(self._swap_in), self.module.register_forward_hook(self._swap_out))
         try:
             yield
@@ -166,16 +177,19 @@ class LowPrecisionWeights:
             for h in hooks:
                 h.remove()
             self._swap_out()
+            self._region_views = None
 
 
 class TrainAutocast:
     """The training steps' precision context: ``amp(*networks, enabled=True)`` is one autocast region (as
     :func:`autocast`) in which each network's convolution and linear weights are cast to bf16 once per optimiser
-    step (:class:`LowPrecisionWeights`), not in every call. ``cast_once=False`` leaves all casting to autocast,
-    per call (compiled networks: the compiled graph fuses its casts)."""
+    step (:class:`LowPrecisionWeights`), not in every call. ``cast_once=False`` leaves all casting to autocast
+    (compiled networks: the compiled graph fuses its casts). ``per_call``: the gradients as autocast gives them
+    with one region per network call (the GAN losses' reference) or, when False, with one region around all the
+    calls (the diffusion loss's)."""
 
-    def __init__(self, device: torch.device, precision: str, cast_once: bool = True):
-        self.device, self.precision, self.cast_once = device, precision, cast_once
+    def __init__(self, device: torch.device, precision: str, cast_once: bool = True, per_call: bool = True):
+        self.device, self.precision, self.cast_once, self.per_call = device, precision, cast_once, per_call
         self._weights: dict[int, LowPrecisionWeights] = {}
 
     def weights(self, network: nn.Module) -> LowPrecisionWeights:
@@ -190,8 +204,8 @@ class TrainAutocast:
             if enabled and self.precision != "fp32":
                 for net in networks:
                     if self.cast_once:
-                        stack.enter_context(self.weights(net).attached())
-                    else:  # autocast's casts kept within a call only, as with one region per call
+                        stack.enter_context(self.weights(net).attached(self.per_call))
+                    if self.per_call:  # what autocast still casts (all, or channels-last weights) cast per call
                         stack.callback(net.register_forward_pre_hook(_clear_autocast_cache).remove)
             yield
 

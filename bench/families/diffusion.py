@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from bench.config import ConfigError, RunConfig
 from bench.distributed import SINGLE, DistContext
 from bench.families.base import Family, System, space_shape, unknown_preset
-from bench.train import (EMA, BatchStream, TrainResult, autocast, batch_format, compiled, lr_lambda,
+from bench.train import (EMA, BatchStream, TrainAutocast, TrainResult, batch_format, compiled, lr_lambda,
                          prepare_modules, run_loop, total_steps)
 from models.ddpm import SAMPLERS, SPACINGS, DDPMConfig, GaussianDiffusion
 from models.ukan import UKAN, UKANConfig
@@ -135,9 +135,12 @@ def train_diffusion(cfg, system, stream: BatchStream, tracker, workdir, device: 
     net.train()
     ema = EMA(system.ema, net, t.ema_decay) if system.ema is not None else None
 
+    # bf16: the weights cast once per step, the gradients as one autocast region around the loss gives them
+    amp = TrainAutocast(device, t.precision, cast_once=not t.compile, per_call=False)
+
     def update(images: torch.Tensor, step: int) -> dict:
         opt.zero_grad(set_to_none=True)
-        with autocast(device, t.precision):
+        with amp(net_fwd):
             losses = {k: v.float() for k, v in system.loss(batch_format(images, t), net=net_fwd).items()}
         loss = losses["loss"] + (t.image_loss_weight * losses["loss_image"] if t.image_loss_weight > 0 else 0.0)
         loss.backward()
