@@ -395,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in written:
         print(p)
     if args.log and written:
-        run_id = query.log_report_artifacts(written, args.experiment)
-        print(f"logged to run {run_id} ('report') in experiment "
-              f"'{args.experiment or query.DEFAULT_REPORT_EXPERIMENT}'", file=sys.stderr)
+        query.log_report_and_say(written, args.experiment)
     return 0
 
 

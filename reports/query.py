@@ -22,6 +22,7 @@ else it is :data:`DINOV2_NOT_RECORDED`.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from bench.tracking import tracking_uri
 __all__ = ["METRICS", "DINOV2_METRICS", "DINOV2_NOT_RECORDED", "NOT_ROWS", "OTHER_EXPERIMENTS",
            "DEFAULT_REPORT_EXPERIMENT", "Protocol",
            "scope_label", "load_runs", "select_latest", "aggregate", "protocols", "metric_history",
-           "CONVERGENCE_COLUMNS", "convergence", "log_report_artifacts", "natural_key"]
+           "CONVERGENCE_COLUMNS", "convergence", "log_report_artifacts", "log_report_and_say",
+           "natural_key"]
 
 # Metrics read from every run (the latest value: the evaluation is logged at the final training step).
 # Renamed metrics (bench.tracking.RENAMED_METRICS) are read under their new names, from the old name when a run
@@ -353,4 +355,12 @@ def log_report_artifacts(paths: list[Path], experiment: str | None = None, uri: 
     for p in paths:
         client.log_artifact(run_id, str(p), artifact_path)
     client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def log_report_and_say(paths: list[Path], experiment: str | None = None) -> str:
+    """:func:`log_report_artifacts`, then says on stderr where the files went (the report CLIs' ``--log``)."""
+    run_id = log_report_artifacts(paths, experiment)
+    print(f"logged to run {run_id} ('report') in experiment '{experiment or DEFAULT_REPORT_EXPERIMENT}'",
+          file=sys.stderr)
     return run_id

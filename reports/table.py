@@ -445,9 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         written += write_report(rep, args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     if args.log:
-        run_id = query.log_report_artifacts(written, args.experiment)
-        print(f"logged to run {run_id} ('report') in experiment "
-              f"'{args.experiment or query.DEFAULT_REPORT_EXPERIMENT}'", file=sys.stderr)
+        query.log_report_and_say(written, args.experiment)
     return 0
 
 

@@ -341,7 +341,12 @@ def test_plots_render_and_log(store, tmp_path, capsys):
     assert plots.main(["--dataset", "digits", "--experiment", EXP, "--out", str(tmp_path), "--log"]) == 0
     # No run of this store logged the dinov2 metric set: the ranking plot is skipped with a one-line note
     # (tests/test_reports_dinov2.py draws it).
-    assert "skipped rank_fid_vs_fd_dinov2: no protocol has two variants" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped rank_fid_vs_fd_dinov2: no protocol has two variants" in err
+    assert table.main(["--dataset", "digits", "--experiment", EXP, "--out", str(tmp_path / "tables"), "--log"]) == 0
+    tables = {f"reports/{p.name}" for p in (tmp_path / "tables").iterdir()}
+    said = [line for line in (err + capsys.readouterr().err).splitlines() if line.startswith("logged to run ")]
+    assert len(said) == 2 and said[0] == said[1] and f"in experiment '{EXP}'" in said[0]  # one report run
     assert not (tmp_path / "rank_fid_vs_fd_dinov2-digits.png").exists()
     drawn = [n for n in plots.PLOTS if n != "rank_fid_vs_fd_dinov2"]
     for name in drawn:
@@ -351,7 +356,7 @@ def test_plots_render_and_log(store, tmp_path, capsys):
     reports = client.search_runs([store["exp"]], "tags.`wavebench.report` = 'true'")
     assert len(reports) == 1 and reports[0].info.run_name == "report"
     logged = {a.path for a in client.list_artifacts(reports[0].info.run_id, "reports")}
-    assert logged == {f"reports/{n}-digits.png" for n in drawn}
+    assert logged == {f"reports/{n}-digits.png" for n in drawn} | tables and tables
     assert reports[0].info.run_id not in set(query.load_runs(EXP)["run_id"])  # never a measured row
 
 
