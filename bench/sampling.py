@@ -11,11 +11,12 @@ its noise exactly as without graphs. The network's parameters are read in place 
 training updates between evaluations are seen; parameters replaced by new tensors cause a new capture.
 
 ``precision: fp32`` (the default, as the papers time) leaves PyTorch's defaults: TF32 convolutions, fp32
-matmuls, both recorded in the protocol; ``bf16`` runs the sampler under bf16 autocast, with the network's weights
-cast to bf16 once (:class:`CastWeights`) rather than at every call: a CUDA graph cannot keep autocast's weight-cast
-cache (the cast copies would be freed when autocast exits), and autocast caches no casts of weights that need no
-gradient (an EMA), so before this every replay re-cast every weight. The samples are bit-identical to plain
-autocast's.
+matmuls, both recorded in the protocol; ``bf16`` runs the sampler under bf16 autocast, with the network's
+convolution and linear weights cast to bf16 once per change (:class:`bench.train.LowPrecisionWeights`, the
+training steps' own, refreshed in place once per sampler run) rather than at every call: a CUDA graph cannot keep
+autocast's weight-cast cache (the cast copies would be freed when autocast exits), and autocast caches no casts
+of weights that need no gradient (an EMA), so otherwise every replay re-casts every weight. The samples are
+bit-identical to plain autocast's.
 
 Without CUDA, :class:`GraphedNetwork` can emulate the static-buffer protocol (``emulate=True``: copy in, run the
 network on the static inputs, copy out), which is how the CPU tests check its plumbing.
@@ -29,12 +30,11 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.schema import PRECISIONS
-from bench.train import autocast
+from bench.train import LowPrecisionWeights, autocast
 
-__all__ = ["GraphedNetwork", "CastWeights", "EvalSampler", "numerics_protocol"]
+__all__ = ["GraphedNetwork", "EvalSampler", "numerics_protocol"]
 
 WARMUP_CALLS = 2
 
@@ -98,73 +98,17 @@ class GraphedNetwork:
         return entry.output.clone()
 
 
-class _CastUses(TorchDispatchMode):
-    """Which of ``tensors`` (name -> tensor) one call casts to ``dtype`` (``aten._to_copy``, as autocast does) and
-    which it uses in any other way."""
+class _CastNetwork(nn.Module):
+    """``net`` called with the bf16 copies of its weights that ``weights`` holds (not refreshed here: the sampler
+    refreshes them once per run, outside any CUDA graph, in place, so a graph replay reads the new values)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
+    def __init__(self, net: nn.Module, weights: LowPrecisionWeights):
         super().__init__()
-        self.names = {id(t): (n, t) for n, t in tensors.items()}
-        self.dtype, self.cast, self.other = dtype, set(), set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        cast = func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == self.dtype
-        for i, a in enumerate(args):
-            hit = self.names.get(id(a))
-            if hit is not None and hit[1] is a:
-                (self.cast if cast and i == 0 else self.other).add(hit[0])
-        return func(*args, **kwargs)
-
-
-class CastWeights(nn.Module):
-    """``net`` with the parameters and buffers that autocast casts to ``dtype`` held as ``dtype`` copies, so a
-    call casts none of them (under a CUDA graph: no cast kernel in the replay).
-
-    The first call runs ``net`` plainly while watching which of its tensors autocast casts to ``dtype`` and which
-    it uses otherwise; those only ever cast get a copy (made then). Later calls run ``net`` with the copies in
-    their place (``torch.func.functional_call``): autocast finds them already in ``dtype`` and casts nothing, and
-    the result is bit-identical, the copy being the same rounding the cast makes. :meth:`refresh` (once per sampler
-    call) copies the weights again after an in-place change (an optimiser or EMA step, a loaded state dict), in
-    place, so a captured graph reads the new values; a tensor replaced by a new one makes the next call watch
-    again."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype = torch.bfloat16):
-        super().__init__()
-        self.net, self.dtype = net, dtype
-        self.copies: dict[str, torch.Tensor] = {}    # name -> dtype copy (static storage)
-        self._sources: dict[str, torch.Tensor] = {}  # name -> the tensor it copies
-        self._versions: list[int] = []
-        self.watched = False
-
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        return {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
-
-    def refresh(self) -> None:
-        if not self.watched:
-            return
-        current = self._tensors()
-        if any(current.get(n) is not t for n, t in self._sources.items()):
-            self.copies, self._sources, self.watched = {}, {}, False  # replaced: watch the next call again
-            return
-        versions = [t._version for t in self._sources.values()]
-        if versions != self._versions:
-            with torch.no_grad():
-                torch._foreach_copy_(list(self.copies.values()), list(self._sources.values()))
-            self._versions = [t._version for t in self._sources.values()]
+        self.net, self.weights = net, weights
 
     def forward(self, *args):
-        if self.watched:
-            return torch.func.functional_call(self.net, self.copies, args)
-        tensors = {n: t for n, t in self._tensors().items() if t.is_floating_point() and t.dtype != self.dtype}
-        with _CastUses(tensors, self.dtype) as uses:
-            out = self.net(*args)
-        with torch.no_grad():
-            self._sources = {n: tensors[n] for n in sorted(uses.cast - uses.other)}
-            self.copies = {n: t.detach().to(self.dtype) for n, t in self._sources.items()}
-        self._versions = [t._version for t in self._sources.values()]
-        self.watched = True
-        return out
+        with self.weights.attached(refresh=False):
+            return self.net(*args)
 
 
 class EvalSampler:
@@ -178,15 +122,17 @@ class EvalSampler:
             raise ValueError(f"eval.precision={precision!r}; valid: {', '.join(PRECISIONS)}")
         self.system, self.device, self.precision = system, device, precision
         net = system.sampling_network
-        self.cast = CastWeights(net) if precision == "bf16" else None  # bf16 weights made once, not per call
+        # bf16: the weights cast once (and after each change), not at every call or replay
+        self.cast = LowPrecisionWeights(net, torch.bfloat16) if precision == "bf16" else None
         use = cuda_graphs and (device.type == "cuda" or emulate_graphs)
-        inner = net if self.cast is None else self.cast
-        self.net = GraphedNetwork(inner, emulate=device.type != "cuda") if use else None
+        self.inner = net if self.cast is None else _CastNetwork(net, self.cast)
+        self.net = GraphedNetwork(self.inner, emulate=device.type != "cuda") if use else None
         self.cuda_graphs = cuda_graphs
 
     def numerics(self):
         """The context every sampling-network call runs in: no autograd; autocast for bf16 without its cache
-        (a CUDA graph would capture casts that are freed on exit; :class:`CastWeights` casts the weights)."""
+        (a CUDA graph would capture casts that are freed on exit; :class:`bench.train.LowPrecisionWeights` casts the
+        weights)."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         stack.enter_context(autocast(self.device, self.precision, cache=False))
@@ -197,9 +143,7 @@ class EvalSampler:
         date: call once per sampler run."""
         if self.cast is not None:
             self.cast.refresh()
-        if self.net is not None:
-            return self.net
-        return self.system.sampling_network if self.cast is None else self.cast
+        return self.net if self.net is not None else self.inner
 
     def __call__(self, x_T: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         net = self.network()

@@ -104,25 +104,32 @@ class _AttachWeights(torch.autograd.Function):
 
 class LowPrecisionWeights:
     """The bf16 copies of a network's convolution and linear weights that autocast would make in every call, made
-    once: one cat and one cast of all of them, redone only when a weight has changed (its version counter), so
-    once per optimiser step. Inside :meth:`attached` each call of the network sees them in place of its weights
+    once: one flat bf16 buffer, filled by one foreach copy (the same round-to-nearest cast), again only when a weight
+    has changed (its version counter), so once per optimiser step, and in place, so a CUDA graph that reads the
+    copies reads the new values. Inside :meth:`attached` each call of the network sees them in place of its weights
     (a forward pre-hook swaps them in, the forward hook back). With autograd recording, the gradients reach the
     fp32 weights through :class:`_AttachWeights` as autocast's casts would give them: with ``per_call``, one node
     per call (as autocast regions of one call each: each call's gradient cast, the calls summed in fp32); without,
     one node for the whole region (as one autocast region whose cached casts every call shares: the calls'
-    gradients summed in bf16, then cast once). The values are autocast's own: the same round-to-nearest casts,
-    the same bf16 ops.
+    gradients summed in bf16, then cast once). The values are autocast's own: the same casts, the same bf16 ops.
+    Training (:class:`TrainAutocast`) and evaluation's sampler (``bench.sampling.EvalSampler``) use it alike.
 
     Which weights: those of ``nn.Conv2d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` and of modules that list
     parameter names in ``autocast_weights`` (parameters that only ever enter autocast's bf16 ops), contiguous
-    fp32 ones only (channels-last weights are left to autocast)."""
+    fp32 ones only (channels-last weights are left to autocast). A parameter replaced by a new tensor (not
+    changed in place) is found again at the next :meth:`refresh`."""
 
     TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
     def __init__(self, module: nn.Module, dtype: torch.dtype):
         self.module, self.dtype = module, dtype
+        self.flat: torch.Tensor | None = None
+        self._region_views: tuple[torch.Tensor, ...] | None = None  # the region's attached views (not per_call)
+        self._collect()
+
+    def _collect(self) -> None:
         self.slots: list[tuple[nn.Module, str]] = []
-        for m in module.modules():
+        for m in self.module.modules():
             names = ("weight", "bias") if isinstance(m, self.TYPES) else getattr(m, "autocast_weights", ())
             for name in names:
                 p = m._parameters.get(name)
@@ -131,18 +138,23 @@ class LowPrecisionWeights:
         self.params = [m._parameters[name] for m, name in self.slots]
         sizes = [p.numel() for p in self.params]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.flat: torch.Tensor | None = None
-        self.views: list[torch.Tensor] = []
-        self._versions: list[int] | None = None
-        self._region_views: tuple[torch.Tensor, ...] | None = None  # the region's attached views (not per_call)
+        self.flat, self.views, self._versions = None, [], None
 
     def refresh(self) -> None:
-        """Recast when a weight has changed since the last cast (or was never cast)."""
-        versions = [p._version for p in self.params]
-        if versions != self._versions or self.flat is None or self.flat.device != self.params[0].device:
-            with torch.no_grad():
-                self.flat = torch.cat([p.reshape(-1) for p in self.params]).to(self.dtype)
+        """Recast when a weight has changed since the last cast (or was never cast), in place."""
+        if any(m._parameters.get(name) is not p for (m, name), p in zip(self.slots, self.params)):
+            self._collect()  # a parameter was replaced
+        if not self.params:
+            return
+        if self.flat is None or self.flat.device != self.params[0].device:
+            self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=self.dtype,
+                                    device=self.params[0].device)
             self.views = [self.flat[o:o + p.numel()].view(p.shape) for p, o in zip(self.params, self.offsets)]
+            self._versions = None
+        versions = [p._version for p in self.params]
+        if versions != self._versions:
+            with torch.no_grad():
+                torch._foreach_copy_(self.views, self.params)
             self._versions = versions
 
     def _recording(self) -> bool:
@@ -163,11 +175,14 @@ class LowPrecisionWeights:
             m._parameters[name] = p
 
     @contextlib.contextmanager
-    def attached(self, per_call: bool = True):
+    def attached(self, per_call: bool = True, refresh: bool = True):
+        """The copies in place of the weights for every call of the module within; ``refresh=False``: as they are
+        (the caller refreshed them, e.g. outside a CUDA graph that replays this)."""
+        if refresh or self.flat is None:
+            self.refresh()
         if not self.params:
             yield
             return
-        self.refresh()
         if not per_call and self._recording():
             self._region_views = _AttachWeights.apply(self, self.flat, *self.params)
         hooks = (self.module.register_forward_pre_hook(self._swap_in), self.module.register_forward_hook(self._swap_out))

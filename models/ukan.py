@@ -92,6 +92,8 @@ class KANLinear(nn.Module):
     are what ``FlopCounterMode`` counts; the B-spline evaluation itself is elementwise and is not counted.
     """
 
+    autocast_weights = ("base_weight",)  # only enters F.linear (bench.train.LowPrecisionWeights casts it once)
+
     def __init__(self, in_features: int, out_features: int, grid_size: int = 5, spline_order: int = 3,
                  grid_range: tuple[float, float] = (-1.0, 1.0), scale_noise: float = 0.1,
                  scale_spline: float = 1.0) -> None:
