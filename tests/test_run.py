@@ -10,8 +10,7 @@ from mlflow.tracking import MlflowClient
 from bench import run
 from bench.config import ConfigError
 from bench.tracking import runs_table_url
-from conftest import EVAL_MICRO, micro, online, wait_s
-from bench.families.gan import MICRO as GAN_MICRO
+from conftest import micro, online, wait_s
 
 import pytest
 
