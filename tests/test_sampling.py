@@ -120,10 +120,12 @@ def test_bf16_weights_are_cast_once_with_the_same_samples(emulate_graphs, one_th
     # No copied weight is cast at any call: what is left per call is the inputs' casts (at most 10 per call), where
     # plain autocast casts every weight (the banks' as one concatenation each).
     assert after <= 10 * nfe and before >= nfe * len(copied - banked), (before, after, nfe, len(copied))
+    storage = sampler.cast.flat.data_ptr()
     with torch.no_grad():
         for p in net.parameters():  # in place, as an EMA step: the copies follow (one cast per weight)
             p.mul_(1.01)
     assert _to_copies(lambda: sampler(x_T, torch.Generator().manual_seed(2))) == after
+    assert sampler.cast.flat.data_ptr() == storage  # refreshed in place: a captured graph reads the new values
     assert torch.equal(sampler(x_T, torch.Generator().manual_seed(2)), plain())
     first = next(net.parameters())
     first_name = next(n for n, _ in net.named_parameters())
