@@ -42,8 +42,8 @@ from bench.schema import PRECISIONS
 from bench.tracking import TrackingError
 
 __all__ = ["TrainResult", "NonFiniteLoss", "Checkpointer", "BatchStream", "run_loop", "CHECKPOINT_VERSION",
-           "EMA", "ema_update", "PRECISIONS", "autocast", "TrainAutocast", "LowPrecisionWeights", "check_train_config", "prepare_modules", "batch_format",
-           "compiled", "lr_lambda", "total_steps"]
+           "EMA", "PRECISIONS", "autocast", "TrainAutocast", "LowPrecisionWeights", "check_train_config",
+           "prepare_modules", "batch_format", "compiled", "lr_lambda", "total_steps"]
 
 
 CHECKPOINT_VERSION = 1
@@ -395,11 +395,6 @@ class EMA:
             torch._foreach_lerp_(self.ema_params, self.params, 1.0 - self.decay)
             if self.ema_buffers:
                 torch._foreach_copy_(self.ema_buffers, self.buffers)
-
-
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """One EMA step (:class:`EMA`, its lists made for this call)."""
-    EMA(ema, model, decay).update()
 
 
 def total_steps(t, steps_per_epoch: int) -> int | None:

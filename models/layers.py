@@ -121,26 +121,24 @@ class _BankLinear(torch.autograd.Function):
     difference that a GAN's training amplifies within a few dozen steps)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, bank: "LinearBank") -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        ctx.widths = widths
+        ctx.bank = bank
         return F.linear(x, w, b)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, w = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        spans = list(zip(ctx.bank.offsets, ctx.bank.widths))
         if ctx.needs_input_grad[0]:
-            end = grad.shape[1]
-            for n in reversed(ctx.widths):
-                part = grad[:, end - n:end].mm(w[end - n:end])
+            for a, n in reversed(spans):
+                part = grad[:, a:a + n].mm(w[a:a + n])
                 grad_x = part if grad_x is None else grad_x + part
-                end -= n
         if ctx.needs_input_grad[1]:
             grad_w = grad.t().mm(x)  # laid out like w (autograd's choice for the separate layers too)
         if ctx.needs_input_grad[2]:  # per layer: a sum over one wide row reduces some columns in another order
-            starts = [sum(ctx.widths[:i]) for i in range(len(ctx.widths))]
-            grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in zip(starts, ctx.widths)])
+            grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in spans])
         return grad_x, grad_w, grad_b, None
 
 
@@ -157,9 +155,9 @@ class LinearBank:
     def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False):
         self.layers = list(layers)
         self.pairs = pairs
-        widths = [layer.out_features for layer in self.layers]
-        self.offsets = [sum(widths[:i]) for i in range(len(widths))]
-        self.width = sum(widths)
+        self.widths = [layer.out_features for layer in self.layers]
+        self.offsets = [sum(self.widths[:i]) for i in range(len(self.widths))]
+        self.width = sum(self.widths)
         self._index: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def _gather_index(self, b: int, device: torch.device) -> torch.Tensor:
@@ -179,18 +177,17 @@ class LinearBank:
             return {}
         w = torch.cat([layer.weight for layer in self.layers])
         bias = torch.cat([layer.bias for layer in self.layers])
-        widths = tuple(layer.out_features for layer in self.layers)
         kind = x.device.type
         if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
             # What autocast does to a linear: its inputs cast (autograd ops, so the gradients reach the fp32
             # weights cast back), the product and its backward in the low precision.
             dt = torch.get_autocast_dtype(kind)
             with torch.autocast(kind, enabled=False):
-                out = _BankLinear.apply(x.to(dt), w.to(dt), bias.to(dt), widths)
+                out = _BankLinear.apply(x.to(dt), w.to(dt), bias.to(dt), self)
         else:
-            out = _BankLinear.apply(x, w, bias, widths)
+            out = _BankLinear.apply(x, w, bias, self)
         if not self.pairs:  # one split: its backward is one cat, where a slice per layer would be a copy each
-            return dict(zip(self.layers, out.split([layer.out_features for layer in self.layers], dim=1)))
+            return dict(zip(self.layers, out.split(self.widths, dim=1)))
         b = out.shape[0]
         flat = out.reshape(-1).index_select(0, self._gather_index(b, out.device))
         halves = flat.split([b * layer.out_features // 2 for layer in self.layers for _ in range(2)])

@@ -28,7 +28,8 @@ from bench.perf.timing import fmt, paired_ratio, ratio, rounds, say, stat, summa
 from bench.tracking import NullTracker
 from bench.train import BatchStream
 
-__all__ = ["TRAIN_GROUPS", "TRAIN_ARMS", "arm_options", "run", "render", "metrics", "train_round", "step_flops_per_image", "TrainSession",
+__all__ = ["TRAIN_GROUPS", "TRAIN_ARMS", "arm_options", "run", "render", "metrics", "train_round",
+           "step_flops_per_image", "TrainSession",
            "timed_steps", "kernel_table"]
 
 TRAIN_GROUPS = (GAN_GROUP, STEP_GROUP + (DVDP_VARIANT,))
@@ -239,17 +240,18 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
             for s in sessions.values():
                 s.close()
         rows = []
-        for prec in arms:
-            mine = {name: per_step[name, prec] for name in group}
+        for arm in arms:
+            precision = arm_options(arm)[0]
+            mine = {name: per_step[name, arm] for name in group}
             for name, (s, speedup) in versus(mine, group[0]).items():
                 ips = summarize([B / t for t in mine[name]])
-                row = {"variant": name, "precision": prec, "images_per_s": ips, "s_per_step": s,
+                row = {"variant": name, "precision": arm, "images_per_s": ips, "s_per_step": s,
                        "timed_steps": steps[name], "speedup_vs_baseline": speedup,
                        "gflops_per_image": flops[name] / 1e9,
                        **_of_peak(flops[name] * ips["median"] / 1e9, device,
-                                  None if arm_options(prec)[0] == "fp32" else arm_options(prec)[0])}
-                if prec != arms[0]:
-                    row["vs_" + arms[0]] = paired_ratio(per_step[name, arms[0]], per_step[name, prec])
+                                  None if precision == "fp32" else precision)}
+                if arm != arms[0]:
+                    row["vs_" + arms[0]] = paired_ratio(per_step[name, arms[0]], per_step[name, arm])
                 rows.append(row)
         out["groups"].append({"baseline": group[0], "rows": rows})
         sessions.clear()  # free the networks before the next group
