@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["haar_dwt", "haar_idwt", "wavelet_encode", "wavelet_decode", "BAND_NAMES"]
+__all__ = ["haar_dwt", "haar_idwt", "haar_ll", "wavelet_encode", "wavelet_decode", "BAND_NAMES"]
 
 BAND_NAMES = ("LL", "LH", "HL", "HH")
 
@@ -100,6 +100,32 @@ class _HaarIDWT(torch.autograd.Function):
         return _HaarDWT.apply(grad, ctx.scale), None
 
 
+def _ll1(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The LL band of one level times ``scale`` (a power of two); no autograd. Bit for bit ``_dwt1``'s LL band
+    times ``scale``: that band is ``(r0 / 2) + (r1 / 2)`` with ``r0``, ``r1`` the sums of the column pairs' row pairs
+    (rows first, as there), and halving and scaling by powers of two commute with rounding, so one multiply of
+    ``r0 + r1`` at the end gives the same value (for values whose halves are normal floats)."""
+    b, c, h, w = x.shape
+    rows = x.contiguous().view(b, c, h // 2, 2, w)
+    r = torch.add(rows[:, :, :, 0], rows[:, :, :, 1])
+    return torch.add(r[..., 0::2], r[..., 1::2]).mul_(0.5 * scale)
+
+
+class _HaarLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return _ll1(x, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # The adjoint: every pixel of a 2x2 block gets (scale / 2) times its block's gradient (exact, as the
+        # whole inverse transform of (grad, 0, 0, 0) gives it); differentiable ops, so double backward works.
+        b, c, h, w = grad.shape
+        up = torch.mul(grad[:, :, :, None, :, None].expand(b, c, h, 2, w, 2), 0.5 * ctx.scale)
+        return up.view(b, c, 2 * h, 2 * w), None
+
+
 def _level(fn, function, x: torch.Tensor, scale: float) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return function.apply(x, scale)
@@ -138,6 +164,16 @@ def haar_dwt(x: torch.Tensor, levels: int = 1) -> torch.Tensor:
 def haar_idwt(y: torch.Tensor, levels: int = 1) -> torch.Tensor:
     """Inverse of :func:`haar_dwt` (exact up to float rounding)."""
     return _inverse(y, levels, 1.0)
+
+
+def haar_ll(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The LL band of one level, ``haar_dwt(x)[:, :C] * scale`` (``scale`` a power of two) bit for bit, without
+    the detail bands: (B, C, H, W) -> (B, C, H/2, W/2), three ops where the whole transform and a slice are eight,
+    and a backward of two."""
+    _check(x, 1, "haar_ll")
+    if x.shape[-2] % 2 or x.shape[-1] % 2:
+        raise ValueError(f"haar_ll needs even height and width, got {x.shape[-2]}x{x.shape[-1]}")
+    return _level(_ll1, _HaarLL, x, scale)
 
 
 def wavelet_encode(x: torch.Tensor, levels: int = 1) -> torch.Tensor:

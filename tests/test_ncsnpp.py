@@ -80,12 +80,15 @@ def n_params(module: nn.Module) -> int:
 
 
 def record_haar_calls(monkeypatch) -> list[tuple[str, tuple[int, ...]]]:
-    """Wrap the Haar transforms as seen by models.layers; returns the list of (name, input shape) calls."""
+    """Wrap the Haar transforms as seen by models.layers; returns the list of (name, input shape) calls, named
+    for the public implementation's transform at the same place (a whole DWT where the suite's computes the LL
+    band alone, ``haar_ll``, or folds the division by 2 in, ``wavelet_encode``)."""
     calls = []
-    for name in ("haar_dwt", "haar_idwt"):
-        def wrapper(x, levels=1, fn=getattr(layers, name), name=name):
-            calls.append((name, tuple(x.shape)))
-            return fn(x, levels)
+    for name, public in (("haar_dwt", "haar_dwt"), ("haar_idwt", "haar_idwt"), ("haar_ll", "haar_dwt"),
+                         ("wavelet_encode", "haar_dwt")):
+        def wrapper(x, *args, fn=getattr(layers, name), public=public):
+            calls.append((public, tuple(x.shape)))
+            return fn(x, *args)
         monkeypatch.setattr(layers, name, wrapper)
     return calls
 

@@ -3,7 +3,7 @@ import pytest
 import pywt
 import torch
 
-from models.wavelet import haar_dwt, haar_idwt, wavelet_decode, wavelet_encode
+from models.wavelet import haar_dwt, haar_idwt, haar_ll, wavelet_decode, wavelet_encode
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -95,6 +95,31 @@ def test_scaled_pair_is_exactly_the_scaled_transform():
         y = wavelet_encode(x, levels)
         assert torch.equal(y, haar_dwt(x, levels) / 2**levels)
         assert torch.equal(wavelet_decode(y, levels), haar_idwt(y * 2**levels, levels))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_ll_band_alone_is_the_transforms_ll_band_bit_for_bit(dtype):
+    """``haar_ll`` (the W-Generator's shortcut keeps only LL / 2) computes the band in fewer ops: the same values
+    and the same input gradients as slicing the whole transform, to the bit, for any scale, layout and dtype."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 5, 16, 12, dtype=torch.float64) * 4).to(dtype)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, 2:10]):
+        for scale in (1.0, 0.5, 2.0):
+            a = inp.detach().requires_grad_()
+            b = inp.detach().requires_grad_()
+            ref = haar_dwt(a)[:, :5] * scale
+            out = haar_ll(b, scale)
+            assert out.dtype == dtype and out.is_contiguous() and torch.equal(out, ref)
+            g = torch.randn_like(ref)
+            (ga,), (gb,) = torch.autograd.grad(ref, a, g), torch.autograd.grad(out, b, g)
+            assert torch.equal(ga, gb)
+            with torch.no_grad():
+                assert torch.equal(haar_ll(inp, scale), ref)
+    xd = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: haar_ll(t, 0.5), (xd,))
+    assert torch.autograd.gradgradcheck(lambda t: haar_ll(t, 0.5), (xd,))
+    with pytest.raises(ValueError, match="even height and width"):
+        haar_ll(torch.randn(1, 1, 6, 7))
 
 
 def test_double_backward_and_scaled_gradients():

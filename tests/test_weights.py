@@ -262,7 +262,7 @@ def test_w_generator_band_swaps_make_the_public_network_with_its_own_dwt_equal_t
     weights in the public layout, equals the suite's network (its own DWT) on the converted weights: the swaps of
     the wavelet pyramid's input blocks and of the detail convs' groups are exactly what the band order needs."""
     from models import layers
-    from models.wavelet import haar_dwt, haar_idwt
+    from models.wavelet import haar_dwt, haar_idwt, wavelet_encode
 
     torch.manual_seed(0)
     cfg = registry.resolve({"variant": "wavediff-wg", "dataset": "cifar10", **gan.MICRO}, check_paths=False)
@@ -281,6 +281,8 @@ def test_w_generator_band_swaps_make_the_public_network_with_its_own_dwt_equal_t
         y = G(x, t, z)
         monkeypatch.setattr(layers, "haar_dwt", lambda v: _swap_lh_hl(haar_dwt(v)))
         monkeypatch.setattr(layers, "haar_idwt", lambda v: haar_idwt(_swap_lh_hl(v)))
+        monkeypatch.setattr(layers, "wavelet_encode", lambda v: _swap_lh_hl(wavelet_encode(v)))  # the pyramid's
+        # (layers.haar_ll, the LL band alone, is the same under either band order)
         torch.testing.assert_close(G_public(x, t, z), y, rtol=0, atol=1e-5)
         assert (G(x, t, z) - y).abs().max() > 1e-3      # the suite's weights under DWT_2D: not the same network
 
