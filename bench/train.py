@@ -96,7 +96,7 @@ class _AttachWeights(torch.autograd.Function):
     def backward(ctx, *grads):
         owner = ctx.owner
         present = [(g, o) for g, o in zip(grads, owner.offsets) if g is not None]
-        buf = (owner.flat.new_empty if len(present) == len(grads) else owner.flat.new_zeros)(owner.flat.numel())
+        buf = (owner.flat.new_empty if len(present) == len(grads) else owner.flat.new_zeros)(owner.param_numel)
         torch._foreach_copy_([buf[o:o + g.numel()].view(g.shape) for g, o in present], [g for g, _ in present])
         full = buf.to(owner.params[0].dtype)
         return (None, None, *(full[o:o + p.numel()].view(p.shape) for p, o in zip(owner.params, owner.offsets)))
@@ -115,9 +115,10 @@ class LowPrecisionWeights:
     Training (:class:`TrainAutocast`) and evaluation's sampler (``bench.sampling.EvalSampler``) use it alike.
 
     Which weights: those of ``nn.Conv2d``, ``nn.ConvTranspose2d`` and ``nn.Linear`` and of modules that list
-    parameter names in ``autocast_weights`` (parameters that only ever enter autocast's bf16 ops), contiguous
-    fp32 ones only (channels-last weights are left to autocast). A parameter replaced by a new tensor (not
-    changed in place) is found again at the next :meth:`refresh`."""
+    names in ``autocast_weights``: parameters, and buffers (constants such as the FIR filters, copied the same way,
+    without gradients), that only ever enter autocast's bf16 ops; contiguous fp32 ones only (channels-last weights
+    are left to autocast). A tensor replaced by a new one (not changed in place, e.g. by ``module.to``) is found
+    again at the next :meth:`refresh`."""
 
     TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -128,51 +129,57 @@ class LowPrecisionWeights:
         self._collect()
 
     def _collect(self) -> None:
-        self.slots: list[tuple[nn.Module, str]] = []
+        # (module, its parameters or buffers dict, name): the parameters first, then the buffers
+        slots: tuple[list, list] = ([], [])
         for m in self.module.modules():
             names = ("weight", "bias") if isinstance(m, self.TYPES) else getattr(m, "autocast_weights", ())
             for name in names:
-                p = m._parameters.get(name)
-                if p is not None and p.dtype == torch.float32 and p.is_contiguous():
-                    self.slots.append((m, name))
-        self.params = [m._parameters[name] for m, name in self.slots]
-        sizes = [p.numel() for p in self.params]
+                for kind, store in enumerate((m._parameters, m._buffers)):
+                    t = store.get(name)
+                    if t is not None and t.dtype == torch.float32 and t.is_contiguous():
+                        slots[kind].append((m, store, name))
+        self.slots = slots[0] + slots[1]
+        self.tensors = [store[name] for _, store, name in self.slots]
+        self.params = self.tensors[:len(slots[0])]
+        sizes = [t.numel() for t in self.tensors]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.param_numel = sum(sizes[:len(self.params)])
         self.flat, self.views, self._versions = None, [], None
 
     def refresh(self) -> None:
         """Recast when a weight has changed since the last cast (or was never cast), in place."""
-        if any(m._parameters.get(name) is not p for (m, name), p in zip(self.slots, self.params)):
-            self._collect()  # a parameter was replaced
-        if not self.params:
+        if any(store.get(name) is not t for (_, store, name), t in zip(self.slots, self.tensors)):
+            self._collect()  # a parameter or buffer was replaced
+        if not self.tensors:
             return
-        if self.flat is None or self.flat.device != self.params[0].device:
-            self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=self.dtype,
-                                    device=self.params[0].device)
-            self.views = [self.flat[o:o + p.numel()].view(p.shape) for p, o in zip(self.params, self.offsets)]
+        if self.flat is None or self.flat.device != self.tensors[0].device:
+            self.flat = torch.empty(sum(t.numel() for t in self.tensors), dtype=self.dtype,
+                                    device=self.tensors[0].device)
+            self.views = [self.flat[o:o + t.numel()].view(t.shape) for t, o in zip(self.tensors, self.offsets)]
             self._versions = None
-        versions = [p._version for p in self.params]
+        versions = [t._version for t in self.tensors]
         if versions != self._versions:
             with torch.no_grad():
-                torch._foreach_copy_(self.views, self.params)
+                torch._foreach_copy_(self.views, self.tensors)
             self._versions = versions
 
     def _recording(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.params)
 
     def _swap_in(self, module, args) -> None:
+        n = len(self.params)
         if not self._recording():
-            views = self.views
+            views = self.views[:n]
         elif self._region_views is not None:
             views = self._region_views
         else:
             views = _AttachWeights.apply(self, self.flat, *self.params)
-        for (m, name), v in zip(self.slots, views):
-            m._parameters[name] = v
+        for (_, store, name), v in zip(self.slots, (*views, *self.views[n:])):
+            store[name] = v
 
     def _swap_out(self, *_) -> None:
-        for (m, name), p in zip(self.slots, self.params):
-            m._parameters[name] = p
+        for (_, store, name), t in zip(self.slots, self.tensors):
+            store[name] = t
 
     @contextlib.contextmanager
     def attached(self, per_call: bool = True, refresh: bool = True):
@@ -180,7 +187,7 @@ class LowPrecisionWeights:
         (the caller refreshed them, e.g. outside a CUDA graph that replays this)."""
         if refresh or self.flat is None:
             self.refresh()
-        if not self.params:
+        if not self.tensors:
             yield
             return
         if not per_call and self._recording():

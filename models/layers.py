@@ -275,25 +275,16 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _FirFilter(nn.Module):
-    """Holds a depthwise FIR filter (a non-persistent buffer) and applies it with :class:`_DepthwiseFIR`. Under
-    autocast the filter's low-precision copy is made once and kept (until the buffer is replaced or changed),
-    not cast again on every call as autocast would."""
+    """Holds a depthwise FIR filter (a non-persistent buffer) and applies it with :class:`_DepthwiseFIR`, in the
+    dtype autocast would run the convolution in. The training steps and the bf16 sampler hand it the filter's
+    bf16 copy, made once with the weights' (``autocast_weights``, bench.train.LowPrecisionWeights); elsewhere the
+    filter is cast at each call, as autocast would."""
 
-    def _filter_as(self, dtype: torch.dtype) -> torch.Tensor:
-        f = self.filter
-        if f.dtype == dtype:
-            return f
-        cached = self.__dict__.get("_cast")
-        if cached is not None and cached[0] is f and cached[1] == f._version and cached[2].dtype == dtype:
-            return cached[2]
-        low = f.to(dtype)
-        if not (f.is_cuda and torch.cuda.is_current_stream_capturing()):  # a graph's pool must not keep it
-            self.__dict__["_cast"] = (f, f._version, low)
-        return low
+    autocast_weights = ("filter",)  # the filter only enters the (low-precision) convolution
 
     def fir(self, x: torch.Tensor, stride: int, padding: int, transpose: bool = False) -> torch.Tensor:
         dtype = _autocast_dtype(x)
-        return _DepthwiseFIR.apply(x.to(dtype), self._filter_as(dtype), stride, padding, transpose, (0, 0))
+        return _DepthwiseFIR.apply(x.to(dtype), self.filter.to(dtype), stride, padding, transpose, (0, 0))
 
 
 class FirDownsample(_FirFilter):
@@ -324,7 +315,7 @@ class FirUpsample(_FirFilter):
 class FirConvDownsample(_FirFilter):
     """FIR blur then 3x3 convolution with stride 2 (StyleGAN2's fused conv-downsample), with bias."""
 
-    autocast_weights = ("weight", "bias")  # both only enter the convolution (bench.train.LowPrecisionWeights)
+    autocast_weights = ("weight", "bias", "filter")  # all only enter convolutions (bench.train.LowPrecisionWeights)
 
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int] = (1, 3, 3, 1)):
         super().__init__()

@@ -224,14 +224,30 @@ def test_fir_double_backward_runs_no_convolution_per_channel():
     assert 0 < convs <= 4
 
 
-def test_fir_filter_cast_once_under_autocast():
-    """Under bf16 autocast the filter is cast once and kept; the result is autocast's own (a bf16 convolution)."""
-    from models.layers import FirDownsample
-    down = FirDownsample(4)
-    x = torch.randn(2, 4, 8, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = down(x)
-        first = down._filter_as(torch.bfloat16)
-        assert down(x) is not None and down._filter_as(torch.bfloat16) is first
-        ref = _native_fir(down, x)
-    assert out.dtype == ref.dtype == torch.bfloat16 and torch.equal(out, ref)
+def test_fir_filter_cast_once_with_the_weights():
+    """Under bf16 autocast the FIR filter's bf16 copy comes with the weights' (bench.train.LowPrecisionWeights:
+    made once, in the same flat buffer, no gradient); a call casts only its input. The result is autocast's own (a
+    bf16 convolution with the filter cast), with and without the copies; the module keeps its fp32 buffer."""
+    from bench.perf.ops import OpCounter
+    from bench.train import LowPrecisionWeights
+    from models.layers import FirConvDownsample, FirDownsample
+
+    for module in (FirDownsample(4), FirConvDownsample(4, 3)):
+        x = torch.randn(2, 4, 8, 8)
+        fp32 = module.filter
+        cast = LowPrecisionWeights(module, torch.bfloat16)
+        assert any(t is fp32 for t in cast.tensors) and not any(t is fp32 for t in cast.params)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = _native_fir(module, x)
+            if isinstance(module, FirConvDownsample):
+                ref = F.conv2d(ref, module.weight, module.bias, stride=2)
+            plain = module(x)
+            with cast.attached(), OpCounter() as counter:
+                out = module(x)
+        assert module.filter is fp32 and fp32.dtype == torch.float32
+        assert out.dtype == plain.dtype == ref.dtype == torch.bfloat16
+        assert torch.equal(out, ref) and torch.equal(plain, ref)
+        assert counter.by_op.get(str(torch.ops.aten._to_copy.default), 0) == 1  # the input's cast only
+        module.to(torch.float64).float()  # buffers replaced: found again
+        cast.refresh()
+        assert any(t is module.filter for t in cast.tensors)
