@@ -122,21 +122,24 @@ class _BankLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, bank: "LinearBank") -> torch.Tensor:
-        ctx.save_for_backward(x, w)
+        s = F.silu(x) if bank.silu else x
+        ctx.save_for_backward(x, s, w)
         ctx.bank = bank
-        return F.linear(x, w, b)
+        return F.linear(s, w, b)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, w = ctx.saved_tensors
+        x, s, w = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         spans = list(zip(ctx.bank.offsets, ctx.bank.widths))
         if ctx.needs_input_grad[0]:
             for a, n in reversed(spans):
                 part = grad[:, a:a + n].mm(w[a:a + n])
+                if ctx.bank.silu:  # each layer's own SiLU backward, as when every layer applied its own SiLU
+                    part = torch.ops.aten.silu_backward(part, x)
                 grad_x = part if grad_x is None else grad_x + part
         if ctx.needs_input_grad[1]:
-            grad_w = grad.t().mm(x)  # laid out like w (autograd's choice for the separate layers too)
+            grad_w = grad.t().mm(s)  # laid out like w (autograd's choice for the separate layers too)
         if ctx.needs_input_grad[2]:  # per layer: a sum over one wide row reduces some columns in another order
             grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in spans])
         return grad_x, grad_w, grad_b, None
@@ -150,11 +153,15 @@ class LinearBank:
     (B * C,) in the layout that :class:`AdaptiveGroupNorm`'s fused ``group_norm`` takes, all laid out by one gather.
     The layers keep their parameters (state-dict names and shapes unchanged); the concatenation is rebuilt on every
     call (one cat of weights, one of biases, whose backward is slicing), so it follows every update. Not a module:
-    the layers are registered where they are built."""
+    the layers are registered where they are built.
 
-    def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False):
+    ``silu``: the layers read ``SiLU(x)`` (each of them applied its own, as the DDPM UNet's blocks do): computed
+    once, and each layer's input gradient passes its own SiLU backward before they are summed, so the gradient
+    reaching ``x`` is the separate SiLUs' bit for bit."""
+
+    def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False, silu: bool = False):
         self.layers = list(layers)
-        self.pairs = pairs
+        self.pairs, self.silu = pairs, silu
         self.widths = [layer.out_features for layer in self.layers]
         self.offsets = [sum(self.widths[:i]) for i in range(len(self.widths))]
         self.width = sum(self.widths)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import timestep_embedding
+from models.layers import LinearBank, projected, timestep_embedding
 
 __all__ = ["UNetConfig", "UNet", "UNET_CONFIGS"]
 
@@ -90,9 +90,12 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | dict) -> torch.Tensor:
+        """``temb``: the time embedding, or the UNet's :class:`LinearBank` result holding this block's
+        ``time_emb_proj(SiLU(temb))``."""
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        proj = projected(self.time_emb_proj, temb) if isinstance(temb, dict) else self.time_emb_proj(F.silu(temb))
+        h = h + proj[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
@@ -227,13 +230,16 @@ class UNet(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_groups, chans[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(chans[0], cfg.out_channels, 3, padding=1)
+        # Every ResNet block's time projection of SiLU(temb) in one matmul (state-dict names unchanged).
+        self.time_bank = LinearBank([m.time_emb_proj for m in self.modules() if isinstance(m, ResnetBlock)],
+                                    silu=True)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(x.shape[0])
-        temb = self.time_embedding(timestep_embedding(
-            t, self.cfg.block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0.0).to(x.dtype))
+        temb = self.time_bank(self.time_embedding(timestep_embedding(
+            t, self.cfg.block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0.0).to(x.dtype)))
 
         h = self.conv_in(x)
         skips = [h]

@@ -70,14 +70,18 @@ def test_training_autocast_equals_one_autocast_region_per_call_bitwise(variant, 
         assert casts < ref_casts
 
 
-def _diffusion_step(variant: str, cast_once: bool | None):
+def _diffusion_step(variant: str, cast_once: bool | None, unbanked: bool = False):
     """One diffusion loss and its backward under bf16: ``cast_once`` None: one plain autocast region (the
-    reference), else :class:`TrainAutocast` with one region around the loss (the diffusion trainer's)."""
+    reference), else :class:`TrainAutocast` with one region around the loss (the diffusion trainer's).
+    ``unbanked``: the UNet's ResNet blocks project the time embedding each with its own linear layer, as autocast
+    sees them one by one (the reference for the one-matmul ``time_bank``)."""
     base = registry.resolve({"variant": variant, "scale": "tiny"})
     cfg = registry.resolve({"variant": variant, "scale": "tiny", **registry.family(base).micro(base)})
     torch.manual_seed(0)
     system = registry.build(cfg)
     net = system.denoiser
+    if unbanked and hasattr(net, "time_bank"):
+        net.time_bank = lambda temb: temb
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, 0.1)
@@ -98,17 +102,24 @@ def _diffusion_step(variant: str, cast_once: bool | None):
 @pytest.mark.parametrize("variant", ["ddpm", "wddm-unet-l1", "wddm-ukan-l1", "dvdp"])
 @pytest.mark.parametrize("cast_once", [True, False])
 def test_diffusion_training_autocast_equals_one_autocast_region_bitwise(variant, cast_once):
-    """The diffusion trainer's bf16 context computes what one autocast region around the loss computes, bit for
-    bit (DVDP's loss calls the network once per stage: their gradients summed as autocast's shared casts sum
-    them), with the weights cast once instead of each weight and each weight's gradient on its own."""
+    """The diffusion trainer's bf16 context computes what one autocast region around the loss computes with every
+    linear layer on its own, bit for bit (DVDP's loss calls the network once per stage: their gradients summed as
+    autocast's shared casts sum them), with the weights cast once instead of each weight and each weight's
+    gradient on its own. Without the cast-once copies (``cast_once=False``: compiled networks) the UNet's banked
+    time projections are cast as one concatenation per call, so DVDP's two calls sum their gradients in fp32,
+    not bf16: those differ by bf16 rounding, nothing else does."""
     losses, grads, casts = _diffusion_step(variant, cast_once)
-    ref_losses, ref_grads, ref_casts = _diffusion_step(variant, None)
+    ref_losses, ref_grads, ref_casts = _diffusion_step(variant, None, unbanked=True)
     assert set(losses) == set(ref_losses) and set(grads) == set(ref_grads)
     for k in ref_losses:
         assert torch.equal(losses[k], ref_losses[k]), k
     for k in ref_grads:
-        assert ref_grads[k] is not None and torch.equal(grads[k], ref_grads[k]), k
+        assert ref_grads[k] is not None, k
+        if not cast_once and variant == "dvdp" and "time_emb_proj" in k:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=1e-2 * ref_grads[k].abs().max().item())
+        else:
+            assert torch.equal(grads[k], ref_grads[k]), k
     if cast_once:
         assert casts * 4 < ref_casts, (casts, ref_casts)
-    else:
-        assert casts == ref_casts
+    else:  # all casting left to autocast: exactly a plain region's casts (of the same, banked, network)
+        assert casts == _diffusion_step(variant, None)[2]

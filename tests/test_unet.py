@@ -11,7 +11,7 @@ import torch.nn as nn
 from bench.evaluate import count_flops
 from models.ddpm import DDPMConfig, GaussianDiffusion
 from models.layers import timestep_embedding
-from models.unet import UNET_CONFIGS, Attention, UNet, UNetConfig
+from models.unet import UNET_CONFIGS, Attention, ResnetBlock, UNet, UNetConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -157,6 +157,8 @@ def _flops_two_ways(net: nn.Module, *inputs) -> tuple[int, int]:
     finally:
         for h in handles:
             h.remove()
+    # The ResNet blocks' time projections run as one matmul (net.time_bank): no module call, same shapes.
+    total[0] += sum(2 * inputs[0].shape[0] * m.out_features * m.in_features for m in net.time_bank.layers)
     return counted, total[0]
 
 
@@ -174,3 +176,36 @@ def test_flops_counted_with_attention():
         print(f"{name}: {n_params(net) / 1e6:.2f}M params, {flops / 1e9:.3f} GFLOPs per forward (batch 1)")
         assert flops == by_shapes
         assert math.isclose(flops / 1e9, gflops, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_banked_time_projections_equal_per_block_projections(bf16):
+    """Every ResNet block's time projection of SiLU(temb) as one matmul (``UNet.time_bank``) computes what each
+    block's own SiLU and linear layer did, bit for bit: output and every gradient (each block's SiLU backward
+    applied to its own part, summed in autograd's order), fp32 and under bf16 autocast, in fewer ops; the
+    parameter names are unchanged."""
+    import copy
+
+    from bench.perf.ops import OpCounter
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=3, image_size=16, block_out_channels=(32, 64, 64),
+                          attention_levels=(True, True, False), dropout=0.0))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.1)
+    ref = copy.deepcopy(net)
+    ref.time_bank = lambda temb: temb  # every block projects the embedding itself
+    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in net.named_parameters()]
+    assert len(net.time_bank.layers) == sum(isinstance(m, ResnetBlock) for m in net.modules())
+    results = []
+    for m in (net, ref):
+        x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), OpCounter() as counter:
+            out = m(x, torch.tensor([0, 5, 100, 999]))
+            grads = torch.autograd.grad(out.float().square().sum(), [x, *m.parameters()])
+        results.append((out, grads, counter.ops))
+    (out, grads, ops), (ref_out, ref_grads, ref_ops) = results
+    assert torch.equal(out, ref_out)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+    assert ops < ref_ops - 30
