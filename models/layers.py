@@ -206,6 +206,11 @@ def projected(layer: nn.Linear, x: torch.Tensor | dict) -> torch.Tensor:
     return x[layer] if isinstance(x, dict) else layer(x)
 
 
+def silu_projected(layer: nn.Linear, x: torch.Tensor | dict) -> torch.Tensor:
+    """``layer(SiLU(x))``: looked up in a ``LinearBank(..., silu=True)`` result, or computed from the tensor."""
+    return x[layer] if isinstance(x, dict) else layer(F.silu(x))
+
+
 class AdaptiveGroupNorm(nn.Module):
     """GroupNorm without affine parameters, then gamma(z) * x + beta(z) from a linear map of the latent.
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.layers import timestep_embedding
+from models.layers import LinearBank, silu_projected, timestep_embedding
 from torch import nn
 
 __all__ = ["UKANConfig", "UKAN", "KANLinear", "UKAN_PRESETS"]
@@ -181,8 +181,9 @@ class ResBlock(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.block2[-1].weight, gain=1e-5)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.block1(x) + self.temb_proj(temb)[:, :, None, None]
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | dict) -> torch.Tensor:
+        """``temb``: the time embedding, or the U-KAN's :class:`LinearBank` result (``temb_proj`` is SiLU, Linear)."""
+        h = self.block1(x) + silu_projected(self.temb_proj[1], temb)[:, :, None, None]
         h = self.block2(h) + self.shortcut(x)
         return self.attn(h)
 
@@ -215,8 +216,8 @@ class KANBlock(nn.Module):
         nn.init.trunc_normal_(self.temb_proj[1].weight, std=0.02)
         nn.init.zeros_(self.temb_proj[1].bias)
 
-    def forward(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.kan(self.norm(tokens)) + self.temb_proj(temb)[:, None, :]
+    def forward(self, tokens: torch.Tensor, temb: torch.Tensor | dict) -> torch.Tensor:
+        return self.kan(self.norm(tokens)) + silu_projected(self.temb_proj[1], temb)[:, None, :]
 
 
 class DecoderConv(nn.Module):
@@ -227,8 +228,8 @@ class DecoderConv(nn.Module):
         self.conv = nn.Sequential(_group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.temb_proj = nn.Sequential(nn.SiLU(), nn.Linear(tdim, out_ch))
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) + self.temb_proj(temb)[:, :, None, None]
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | dict) -> torch.Tensor:
+        return self.conv(x) + silu_projected(self.temb_proj[1], temb)[:, :, None, None]
 
 
 def _to_image(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -307,9 +308,11 @@ class UKAN(nn.Module):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.tail[-1].weight, gain=1e-5)
+        # Every block's time projection of SiLU(temb) in one matmul (state-dict names unchanged).
+        self.time_bank = LinearBank([m.temb_proj[1] for m in self.modules() if hasattr(m, "temb_proj")], silu=True)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(timestep_embedding(t, self.cfg.ch, downscale_freq_shift=0.0).to(x.dtype))
+        temb = self.time_bank(self.time_mlp(timestep_embedding(t, self.cfg.ch, downscale_freq_shift=0.0).to(x.dtype)))
         h = self.head(x)
         hs = [h]
         for layer in self.down:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import LinearBank, projected, timestep_embedding
+from models.layers import LinearBank, silu_projected, timestep_embedding
 
 __all__ = ["UNetConfig", "UNet", "UNET_CONFIGS"]
 
@@ -94,8 +94,7 @@ class ResnetBlock(nn.Module):
         """``temb``: the time embedding, or the UNet's :class:`LinearBank` result holding this block's
         ``time_emb_proj(SiLU(temb))``."""
         h = self.conv1(F.silu(self.norm1(x)))
-        proj = projected(self.time_emb_proj, temb) if isinstance(temb, dict) else self.time_emb_proj(F.silu(temb))
-        h = h + proj[:, :, None, None]
+        h = h + silu_projected(self.time_emb_proj, temb)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
