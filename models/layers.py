@@ -157,7 +157,9 @@ class LinearBank:
 
     ``silu``: the layers read ``SiLU(x)`` (each of them applied its own, as the DDPM UNet's blocks do): computed
     once, and each layer's input gradient passes its own SiLU backward before they are summed, so the gradient
-    reaching ``x`` is the separate SiLUs' bit for bit."""
+    reaching ``x`` is the separate SiLUs' bit for bit. Under autocast the SiLU runs on the low-precision input: the
+    same as the separate layers where ``x`` is already in it (a linear layer's output, as both denoisers' time
+    embeddings are)."""
 
     def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False, silu: bool = False):
         self.layers = list(layers)

@@ -249,7 +249,7 @@ class KANBottleneck(nn.Module):
         self.dec1, self.dblock1, self.dnorm1 = DecoderConv(d2, d1, tdim), KANBlock(d1, **kan), nn.LayerNorm(d1)
         self.dec2 = DecoderConv(d1, c, tdim)
 
-    def forward(self, t3: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, t3: torch.Tensor, temb: torch.Tensor | dict) -> torch.Tensor:
         tok, h, w = self.embed1(t3)
         t4 = _to_image(self.norm1(self.block1(tok, temb)), h, w)
         tok, h2, w2 = self.embed2(t4)

@@ -115,34 +115,3 @@ def test_attention_levels_validated():
     with pytest.raises(ValueError):
         UKAN(UKANConfig(in_channels=4, out_channels=4, image_size=16, ch=32, ch_mult=(1, 2), attn=(2,)))
 
-
-@pytest.mark.parametrize("bf16", [False, True])
-def test_banked_time_projections_equal_per_block_projections(bf16):
-    """Every block's time projection of SiLU(temb) as one matmul (``UKAN.time_bank``: residual, KAN and decoder
-    blocks alike) computes what each block's own SiLU and linear layer did, bit for bit: output and every
-    gradient, fp32 and under bf16 autocast, in fewer ops; the parameter names are unchanged."""
-    import copy
-
-    from bench.perf.ops import OpCounter
-
-    torch.manual_seed(0)
-    net = UKAN(UKANConfig(in_channels=3, out_channels=3, image_size=16, ch=16, ch_mult=(1, 2), attn=(1,)))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0.0, 0.1)
-    ref = copy.deepcopy(net)
-    ref.time_bank = lambda temb: temb  # every block projects the embedding itself
-    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in net.named_parameters()]
-    assert len(net.time_bank.layers) == sum(hasattr(m, "temb_proj") for m in net.modules()) > 5
-    results = []
-    for m in (net, ref):
-        x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
-        torch.manual_seed(2)  # the same dropout masks
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), OpCounter() as counter:
-            out = m(x, torch.tensor([0, 5, 100, 999]))
-            grads = torch.autograd.grad(out.float().square().sum(), [x, *m.parameters()])
-        results.append((out, grads, counter.ops))
-    (out, grads, ops), (ref_out, ref_grads, ref_ops) = results
-    assert torch.equal(out, ref_out)
-    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
-    assert ops < ref_ops - 10
