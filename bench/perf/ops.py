@@ -22,7 +22,9 @@ is the costly step of a step cycle (a GAN's lazy R1 step, steady state); ``null`
 once, for ``bf16``), after a first call, so the whole sampler costs NFE x this plus its glue.
 
 bf16 is counted under CPU autocast, whose cast policy is not CUDA's: CUDA autocast runs more ops in fp32 (group
-and layer norm, softmax, exp, ...) and so adds casts that the CPU count does not have.
+and layer norm, softmax, exp, ...) and so adds casts that the CPU count does not have. Dropout in training (the DDPM
+family's denoisers, p > 0) is four ops on the CPU (``empty_like``, ``bernoulli_``, ``div_``, ``mul``) and one fused
+``native_dropout`` kernel on CUDA: the CPU count has three more per dropout layer (51 of a ddpm step's).
 
 Counts do not depend on the batch (counted at batch 2; DVDP at 16, :data:`COUNT_BATCH_OF`). They depend on the layer structure and, for the R1 step,
 on the discriminator's width (PyTorch's double backward of a depthwise convolution loops over its groups): the
