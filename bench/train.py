@@ -144,7 +144,7 @@ class LowPrecisionWeights:
         sizes = [t.numel() for t in self.tensors]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         self.param_numel = sum(sizes[:len(self.params)])
-        self.flat, self.views, self._versions = None, [], None
+        self.flat, self.views, self._buffer_views, self._versions = None, [], [], None
 
     def refresh(self) -> None:
         """Recast when a weight has changed since the last cast (or was never cast), in place."""
@@ -156,6 +156,8 @@ class LowPrecisionWeights:
             self.flat = torch.empty(sum(t.numel() for t in self.tensors), dtype=self.dtype,
                                     device=self.tensors[0].device)
             self.views = [self.flat[o:o + t.numel()].view(t.shape) for t, o in zip(self.tensors, self.offsets)]
+            n = len(self.params)
+            self._buffer_views = list(zip(self.slots[n:], self.views[n:]))  # made once, not per call
             self._versions = None
         versions = [t._version for t in self.tensors]
         if versions != self._versions:
@@ -167,14 +169,14 @@ class LowPrecisionWeights:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.params)
 
     def _swap_in(self, module, args) -> None:
-        n = len(self.params)
         if not self._recording():
-            views = self.views[:n]
-        elif self._region_views is not None:
-            views = self._region_views
+            views = self.views  # the parameters' and the buffers' copies
         else:
-            views = _AttachWeights.apply(self, self.flat, *self.params)
-        for (_, store, name), v in zip(self.slots, (*views, *self.views[n:])):
+            views = (self._region_views if self._region_views is not None
+                     else _AttachWeights.apply(self, self.flat, *self.params))  # the parameters', with gradients
+            for (_, store, name), v in self._buffer_views:  # constants: no gradient to route
+                store[name] = v
+        for (_, store, name), v in zip(self.slots, views):
             store[name] = v
 
     def _swap_out(self, *_) -> None:
