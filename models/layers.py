@@ -427,9 +427,12 @@ class ResBlock(nn.Module):
         elif self.resample == "down":
             self.fir = FirDownsample(channels, fir_kernel)
 
-    def _finish(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
-        """``h``: a fresh tensor (conv0's output or a transform of it) that autograd did not save."""
-        h = h.add_(projected(self.temb_proj, temb)[:, :, None, None])
+    def _finish(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor,
+                fresh: bool = True) -> torch.Tensor:
+        """``h``: a fresh tensor (conv0's output or a transform of it) that autograd did not save, added to in
+        place; or (``fresh=False``) a view that must not be written."""
+        p = projected(self.temb_proj, temb)[:, :, None, None]
+        h = h.add_(p) if fresh else h + p
         h = self.conv1(self.dropout(silu(self.norm1(h, zemb))))
         return residual(x, h, self.skip_rescale)
 
@@ -450,6 +453,9 @@ class WaveletResBlock(ResBlock):
     main path's three detail bands are returned as the skip. ``forward`` returns (out, details).
     up: conv0 and the shortcut run at low resolution; the kept details pass a grouped 3x3 conv (one group per
     band, input / 2, output * 2) and IDWT(2 h, details) replaces upsampling on both paths.
+
+    The powers of two are folded into the transforms (bit for bit the same values): the down block hands its
+    details over already halved, which is what the up block's conv reads.
     """
 
     def __init__(self, in_ch: int, out_ch: int | None = None, temb_dim: int = 512, zemb_dim: int = 256,
@@ -472,15 +478,17 @@ class WaveletResBlock(ResBlock):
         x = self.skip(x)
         if self.resample == "down":
             c = h.shape[1]
-            hw = haar_dwt(h)
-            h, details = hw[:, :c] / 2.0, hw[:, c:]
+            # The halves in one transform (LL / 2 continues, details / 2 are kept), the split's backward one cat.
+            h, details = haar_dwt(h, scale=0.5).split([c, 3 * c], dim=1)
             x = haar_ll(x, 0.5)  # only the LL band continues on the shortcut
-            return self._finish(x, h, temb, zemb), details
+            return self._finish(x, h, temb, zemb, fresh=False), details
         if details is None:
-            raise ValueError("an up WaveletResBlock needs the detail bands kept by its down block")
-        details = self.detail_conv(details / 2.0).mul_(2.0)  # fresh convolution outputs: scaled in place
-        h = haar_idwt(torch.cat([h.mul_(2.0), details], dim=1))
-        x = haar_idwt(torch.cat([x.mul_(2.0), details], dim=1))
+            raise ValueError("an up WaveletResBlock needs the detail bands kept by its down block (halved)")
+        # IDWT(2 h, 2 conv(details / 2)) as IDWT(h, conv(details / 2)) times 2: bit for bit, a power of two passes
+        # exactly through every product and sum (the down block handed the details over halved)
+        details = self.detail_conv(details)
+        h = haar_idwt(torch.cat([h, details], dim=1), scale=2.0)
+        x = haar_idwt(torch.cat([x, details], dim=1), scale=2.0)
         return self._finish(x, h, temb, zemb)
 
 
@@ -510,9 +518,8 @@ class FrequencyBottleneck(MidBlock):
     @staticmethod
     def _on_ll(block: ResBlock, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
         c = h.shape[1]
-        hw = haar_dwt(h)
-        ll = block(hw[:, :c] / 2.0, temb, zemb)  # a block's output is fresh: doubled in place
-        return haar_idwt(torch.cat([ll.mul_(2.0), hw[:, c:]], dim=1))
+        ll, details = haar_dwt(h, scale=0.5).split([c, 3 * c], dim=1)  # LL / 2 and details / 2
+        return haar_idwt(torch.cat([block(ll, temb, zemb), details], dim=1), scale=2.0)  # IDWT(2 out, details)
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
         h = self._on_ll(self.block1, h, temb, zemb)

@@ -25,6 +25,8 @@ transform is orthogonal, so its adjoint is its inverse; double backward works to
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["haar_dwt", "haar_idwt", "haar_ll", "wavelet_encode", "wavelet_decode", "BAND_NAMES"]
@@ -49,7 +51,8 @@ def _dwt1(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     buf = x.new_empty(2, b, c, h // 2, w)
     torch.add(rows[:, :, :, 0], rows[:, :, :, 1], out=buf[0])
     torch.sub(rows[:, :, :, 0], rows[:, :, :, 1], out=buf[1])
-    buf.mul_(0.5 * scale)
+    if scale != 2.0:  # a multiply by one is no op
+        buf.mul_(0.5 * scale)
     # Stage 2, along W, into out[b, kw, kh] (band 2 kw + kh: LL, LH, HL, HH); both H-bands per op.
     out = x.new_empty(b, 4 * c, h // 2, w // 2)  # returned as allocated (not a view: autograd may edit it)
     even, odd = buf[..., 0::2], buf[..., 1::2]
@@ -68,7 +71,8 @@ def _idwt1(y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     buf = y.new_empty(2, b, c, h, 2 * w)
     torch.add(bands[:, :, 0], bands[:, :, 1], out=buf[..., 0::2])
     torch.sub(bands[:, :, 0], bands[:, :, 1], out=buf[..., 1::2])
-    buf.mul_(0.5 * scale)
+    if scale != 2.0:
+        buf.mul_(0.5 * scale)
     # Stage 2, along H: rows 2i and 2i+1.
     x = y.new_empty(b, c, 2 * h, 2 * w)
     rows = x.view(b, c, h, 2, 2 * w)
@@ -156,14 +160,21 @@ def _inverse(y: torch.Tensor, levels: int, scale: float) -> torch.Tensor:
     return y
 
 
-def haar_dwt(x: torch.Tensor, levels: int = 1) -> torch.Tensor:
-    """Orthonormal Haar DWT, (B, C, H, W) -> (B, 4^levels C, H / 2^levels, W / 2^levels)."""
-    return _forward(x, levels, 1.0)
+def _power_of_two(scale: float, name: str) -> float:
+    if not (isinstance(scale, (int, float)) and scale > 0 and math.frexp(scale)[0] == 0.5):
+        raise ValueError(f"{name}: scale must be a power of two (exact in floating point), got {scale!r}")
+    return float(scale)
 
 
-def haar_idwt(y: torch.Tensor, levels: int = 1) -> torch.Tensor:
-    """Inverse of :func:`haar_dwt` (exact up to float rounding)."""
-    return _inverse(y, levels, 1.0)
+def haar_dwt(x: torch.Tensor, levels: int = 1, scale: float = 1.0) -> torch.Tensor:
+    """Orthonormal Haar DWT, (B, C, H, W) -> (B, 4^levels C, H / 2^levels, W / 2^levels); times ``scale``, a power
+    of two, bit for bit the product without its op (for values whose scaled halves are normal floats)."""
+    return _forward(x, levels, _power_of_two(scale, "haar_dwt"))
+
+
+def haar_idwt(y: torch.Tensor, levels: int = 1, scale: float = 1.0) -> torch.Tensor:
+    """Inverse of :func:`haar_dwt` (exact up to float rounding); times ``scale``, a power of two, as there."""
+    return _inverse(y, levels, _power_of_two(scale, "haar_idwt"))
 
 
 def haar_ll(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

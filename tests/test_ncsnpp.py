@@ -86,9 +86,9 @@ def record_haar_calls(monkeypatch) -> list[tuple[str, tuple[int, ...]]]:
     calls = []
     for name, public in (("haar_dwt", "haar_dwt"), ("haar_idwt", "haar_idwt"), ("haar_ll", "haar_dwt"),
                          ("wavelet_encode", "haar_dwt")):
-        def wrapper(x, *args, fn=getattr(layers, name), public=public):
+        def wrapper(x, *args, fn=getattr(layers, name), public=public, **kwargs):
             calls.append((public, tuple(x.shape)))
-            return fn(x, *args)
+            return fn(x, *args, **kwargs)
         monkeypatch.setattr(layers, name, wrapper)
     return calls
 

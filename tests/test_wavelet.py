@@ -46,6 +46,25 @@ def test_orthonormal_energy_and_scaling():
         assert y.abs().max() <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scale_is_the_scaled_transform_bit_for_bit(dtype):
+    """``scale`` (a power of two) folds a multiply into the transform: the same values and gradients as scaling
+    outside it, with one op fewer at scale 2 (the transform's own 1/2 cancels)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 12).to(dtype)
+    y = torch.randn(2, 12, 4, 6).to(dtype)
+    for scale in (0.5, 2.0, 0.25):
+        for fn, inp in ((haar_dwt, x), (haar_idwt, y)):
+            a, b = inp.clone().requires_grad_(), inp.clone().requires_grad_()
+            ref, out = fn(a) * scale, fn(b, scale=scale)
+            assert torch.equal(out, ref)
+            g = torch.randn_like(ref)
+            assert torch.equal(*torch.autograd.grad(out, b, g), *torch.autograd.grad(ref, a, g))
+    for bad in (3.0, 0.0, -2.0, 1 / 3):
+        with pytest.raises(ValueError, match="power of two"):
+            haar_dwt(x, scale=bad)
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="divisible by 4"):
         haar_dwt(torch.randn(1, 1, 12, 10), levels=2)

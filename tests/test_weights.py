@@ -279,8 +279,8 @@ def test_w_generator_band_swaps_make_the_public_network_with_its_own_dwt_equal_t
     x, t, z = torch.randn(2, 12, 16, 16), torch.tensor([0, 3]), torch.randn(2, cfg.model.generator.nz)
     with torch.no_grad():
         y = G(x, t, z)
-        monkeypatch.setattr(layers, "haar_dwt", lambda v: _swap_lh_hl(haar_dwt(v)))
-        monkeypatch.setattr(layers, "haar_idwt", lambda v: haar_idwt(_swap_lh_hl(v)))
+        monkeypatch.setattr(layers, "haar_dwt", lambda v, **kw: _swap_lh_hl(haar_dwt(v, **kw)))
+        monkeypatch.setattr(layers, "haar_idwt", lambda v, **kw: haar_idwt(_swap_lh_hl(v), **kw))
         monkeypatch.setattr(layers, "wavelet_encode", lambda v: _swap_lh_hl(wavelet_encode(v)))  # the pyramid's
         # (layers.haar_ll, the LL band alone, is the same under either band order)
         torch.testing.assert_close(G_public(x, t, z), y, rtol=0, atol=1e-5)
