@@ -254,7 +254,8 @@ def train_hash(cfg: RunConfig) -> str:
 # hashes as it did before the key existed, so its FINISHED runs are still found (and not trained again). A section
 # that only such keys make up (``init``) is left out with them.
 HASH_NEUTRAL_KEYS: dict[str, Any] = {"eval.metrics.pr_backbone": "vgg16", "eval.metrics.sample_format": "uint8",
-                                     "init.weights": "", "train.cuda_graphs": False}
+                                     "init.weights": "", "train.cuda_graphs": False,
+                                     "train.fast_sums": False}
 
 
 def _without_neutral_keys(d: dict) -> dict:

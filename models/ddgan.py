@@ -195,12 +195,16 @@ class DDGANLoss:
     coefficients. The networks are passed in (their DDP wrappers or compiled forms, as the trainer sees fit);
     ``amp(*networks, enabled=True)`` gives the forward passes' autocast context, one region per step half, told
     which networks run in it (``bench.train.TrainAutocast`` casts their weights once per step, not per call);
-    R1's pass always runs without it, in fp32."""
+    R1's pass always runs without it, in fp32. ``one_d_pass`` (``train.fast_sums``): outside R1 steps D sees the
+    real and the fake pairs as one batch of 2 B, its minibatch statistic taken per half (``D(..., batches=2)``):
+    the same mathematics in half the calls, its weight gradients summed over both halves at once (another
+    rounding)."""
 
     process: DDGANProcess
     nz: int                          # latent size of G
     r1_gamma: float = 0.02           # R1 weight: (gamma / 2) E||grad_x D(x_t)||^2
     lambda_rec: float = 0.0          # weight of || G(x_{t+1}) - x0 ||_1 (WaveDiff: 1)
+    one_d_pass: bool = False         # D's real and fake passes as one call outside R1 steps
 
     def _pairs(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t = torch.randint(0, self.process.num_timesteps, (x0.shape[0],), device=x0.device)
@@ -219,14 +223,20 @@ class DDGANLoss:
             d_real = (D_r1 if D_r1 is not None else D)(x_t, t, x_tp1.detach()).float()
             (grad,) = torch.autograd.grad(d_real.sum(), x_t, create_graph=True)
             out["r1"] = self.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
+        one_pass = self.one_d_pass and not r1
         with amp(D, G):
-            if not r1:
+            if not r1 and not one_pass:
                 d_real = D(x_t, t, x_tp1.detach()).float()
             z = torch.randn(b, self.nz, device=x0.device)
             with torch.no_grad():
                 x0_fake = G(x_tp1, t, z).float()
             x_fake = self.process.posterior_sample(x0_fake, x_tp1, t)
-            loss_fake = F.softplus(D(x_fake, t, x_tp1).float()).mean()
+            if one_pass:  # x_tp1 carries no gradient here (G ran without)
+                d_real, d_fake = D(torch.cat([x_t, x_fake]), torch.cat([t, t]), torch.cat([x_tp1, x_tp1]),
+                                   batches=2).float().chunk(2)
+            else:
+                d_fake = D(x_fake, t, x_tp1).float()
+            loss_fake = F.softplus(d_fake).mean()
         loss_real = F.softplus(-d_real).mean()
         total = loss_real + loss_fake
         return {"loss": total + out["r1"] if r1 else total, "loss_d": total, "loss_d_real": loss_real,

@@ -116,21 +116,26 @@ def _dense(cin: int, cout: int, scale: float = 1.0) -> nn.Linear:
     return linear(cin, cout, init_scale=scale, mode="fan_out")
 
 
-def minibatch_stddev(h: torch.Tensor, group_size: int = 4, num_features: int = 1) -> torch.Tensor:
+def minibatch_stddev(h: torch.Tensor, group_size: int = 4, num_features: int = 1, batches: int = 1) -> torch.Tensor:
     """Append ``num_features`` channels holding the mean (over C, H, W) within-group standard deviation.
 
     Groups are strided: sample ``i`` belongs to group member ``i // (B / g)`` of set ``i % (B / g)``, with ``g``
-    the largest divisor of B not above ``group_size``.
+    the largest divisor of B not above ``group_size``. ``batches``: ``h`` holds that many minibatches of B
+    samples end to end (the discriminator's real and fake passes as one call), each grouped on its own as if
+    alone.
     """
-    b, c, height, width = h.shape
+    n, c, height, width = h.shape
+    if n % batches:
+        raise ValueError(f"minibatch_stddev: {n} samples do not split into {batches} minibatches")
+    b = n // batches
     g = min(group_size, b)
     while b % g:
         g -= 1
-    y = h.view(g, b // g, num_features, c // num_features, height, width)
-    y = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8)          # (B/g, F, C/F, H, W)
-    y = y.mean(dim=(2, 3, 4))                                    # (B/g, F)
-    y = y[:, :, None, None].repeat(g, 1, height, width)          # (B, F, H, W)
-    return torch.cat([h, y], dim=1)
+    y = h.view(batches, g, b // g, num_features, c // num_features, height, width)
+    y = torch.sqrt(y.var(dim=1, unbiased=False) + 1e-8)          # (batches, B/g, F, C/F, H, W)
+    y = y.mean(dim=(3, 4, 5))                                    # (batches, B/g, F)
+    y = y[:, None, :, :, None, None].expand(batches, g, b // g, num_features, height, width)
+    return torch.cat([h, y.reshape(n, num_features, height, width)], dim=1)
 
 
 class DownBlock(nn.Module):
@@ -176,13 +181,15 @@ class Discriminator(nn.Module):
         self.end_linear = _dense(cin, 1)
         self.time_bank = LinearBank([block.dense_t for block in self.blocks])  # every block's time bias, one matmul
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_tp1: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, x_tp1: torch.Tensor, batches: int = 1) -> torch.Tensor:
+        """``batches``: the inputs are that many minibatches end to end, told apart only by the minibatch-stddev
+        layer (the one place where samples meet)."""
         cfg = self.cfg
         temb = F.leaky_relu(self.t_mlp(timestep_embedding(t, cfg.t_emb_dim)), cfg.leaky_slope)
         h = self.start_conv(torch.cat([x_t, x_tp1], dim=1))
         temb = self.time_bank(temb)
         for block in self.blocks:
             h = block(h, temb)
-        h = minibatch_stddev(h, cfg.stddev_group, cfg.stddev_feat)
+        h = minibatch_stddev(h, cfg.stddev_group, cfg.stddev_feat, batches)
         h = F.leaky_relu(self.final_conv(h), cfg.leaky_slope)
         return self.end_linear(h.sum(dim=(2, 3))).squeeze(1)

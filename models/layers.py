@@ -118,13 +118,15 @@ class _BankLinear(torch.autograd.Function):
     layers' own linears would give, bit for bit: the weight gradient is one mm (row for row what each layer's
     would be), the bias gradient one sum per layer, and the input's gradient each layer's product summed last layer first,
     as autograd accumulated the separate layers' contributions (one big mm would sum in another order: a rounding
-    difference that a GAN's training amplifies within a few dozen steps)."""
+    difference that a GAN's training amplifies within a few dozen steps). With ``bank.layerwise_grads`` off
+    (``train.fast_sums``), the input gradient is that one mm and the bias gradient one sum: the same mathematics,
+    2 ops where a bank of L layers takes about 3 L, rounded in another order."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, bank: "LinearBank") -> torch.Tensor:
         s = F.silu(x) if bank.silu else x
         ctx.save_for_backward(x, s, w)
-        ctx.bank = bank
+        ctx.bank, ctx.layerwise = bank, bank.layerwise_grads
         return F.linear(s, w, b)
 
     @staticmethod
@@ -132,6 +134,8 @@ class _BankLinear(torch.autograd.Function):
         x, s, w = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         spans = list(zip(ctx.bank.offsets, ctx.bank.widths))
+        if not ctx.layerwise:
+            spans = [(0, ctx.bank.width)]
         if ctx.needs_input_grad[0]:
             for a, n in reversed(spans):
                 part = grad[:, a:a + n].mm(w[a:a + n])
@@ -141,7 +145,7 @@ class _BankLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = grad.t().mm(s)  # laid out like w (autograd's choice for the separate layers too)
         if ctx.needs_input_grad[2]:  # per layer: a sum over one wide row reduces some columns in another order
-            grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in spans])
+            grad_b = torch.cat([grad[:, a:a + n].sum(0) for a, n in spans]) if ctx.layerwise else grad.sum(0)
         return grad_x, grad_w, grad_b, None
 
 
@@ -159,11 +163,16 @@ class LinearBank:
     once, and each layer's input gradient passes its own SiLU backward before they are summed, so the gradient
     reaching ``x`` is the separate SiLUs' bit for bit. Under autocast the SiLU runs on the low-precision input: the
     same as the separate layers where ``x`` is already in it (a linear layer's output, as both denoisers' time
-    embeddings are)."""
+    embeddings are).
+
+    ``layerwise_grads`` (default on): the gradients bit for bit the separate layers'; off (the trainers'
+    ``train.fast_sums``, set by :func:`sum_bank_gradients_at_once`): the input's gradient is one matmul and the
+    bias's one sum, the same mathematics rounded in another order."""
 
     def __init__(self, layers: Sequence[nn.Linear], pairs: bool = False, silu: bool = False):
         self.layers = list(layers)
         self.pairs, self.silu = pairs, silu
+        self.layerwise_grads = True
         self.widths = [layer.out_features for layer in self.layers]
         self.offsets = [sum(self.widths[:i]) for i in range(len(self.widths))]
         self.width = sum(self.widths)
@@ -201,6 +210,15 @@ class LinearBank:
         flat = out.reshape(-1).index_select(0, self._gather_index(b, out.device))
         halves = flat.split([b * layer.out_features // 2 for layer in self.layers for _ in range(2)])
         return {layer: (halves[2 * i], halves[2 * i + 1]) for i, layer in enumerate(self.layers)}
+
+
+def sum_bank_gradients_at_once(network: nn.Module, on: bool = True) -> int:
+    """Set every :class:`LinearBank` held by ``network``'s modules to sum its gradients in one matmul and one sum
+    (``on``) or layer by layer, bit for bit the separate layers' (off, the default). Returns how many banks."""
+    banks = [v for m in network.modules() for v in vars(m).values() if isinstance(v, LinearBank)]
+    for bank in banks:
+        bank.layerwise_grads = not on
+    return len(banks)
 
 
 def projected(layer: nn.Linear, x: torch.Tensor | dict) -> torch.Tensor:

@@ -106,7 +106,33 @@ def test_minibatch_stddev_groups():
     assert torch.allclose(out5[:, 4], torch.full((5, 2, 2), 1e-4))
 
 
+def test_minibatch_stddev_of_several_minibatches_takes_each_alone():
+    """``batches=2`` (D's real and fake passes in one call): each half grouped as if it were the whole batch."""
+    torch.manual_seed(0)
+    for b in (1, 3, 4, 8):
+        a, c = torch.randn(b, 6, 3, 3), torch.randn(b, 6, 3, 3)
+        both = minibatch_stddev(torch.cat([a, c]), group_size=4, num_features=2, batches=2)
+        assert torch.equal(both, torch.cat([minibatch_stddev(a, 4, 2), minibatch_stddev(c, 4, 2)]))
+    with pytest.raises(ValueError, match="do not split into 2 minibatches"):
+        minibatch_stddev(torch.randn(5, 4, 2, 2), batches=2)
+
+
 TINY = dict(ngf=4, t_emb_dim=16)
+
+
+def test_two_minibatches_in_one_call_equal_two_calls():
+    torch.manual_seed(0)
+    d = Discriminator(DiscriminatorConfig(kind="small", num_layers=3, in_channels=3, image_size=16, **TINY))
+    with torch.no_grad():
+        for p in d.parameters():
+            p.normal_(0.0, 0.2)
+    x_real, x_fake, x_tp1 = torch.randn(3, 4, 3, 16, 16).unbind(0)
+    t = torch.tensor([0, 2, 3, 1])
+    one = d(torch.cat([x_real, x_fake]), torch.cat([t, t]), torch.cat([x_tp1, x_tp1]), batches=2)
+    two = torch.cat([d(x_real, t, x_tp1), d(x_fake, t, x_tp1)])
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-6)
+    merged = d(torch.cat([x_real, x_fake]), torch.cat([t, t]), torch.cat([x_tp1, x_tp1]))  # one group of 8
+    assert (merged - two).abs().max() > 1e-4  # the per-half statistic is what makes them equal
 
 
 @pytest.mark.parametrize("kind,num_layers,channels,size", [("small", 3, 12, 16), ("small", 4, 3, 16),

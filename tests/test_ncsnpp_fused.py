@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import (_INV_SQRT2, AdaptiveGroupNorm, AttnBlock, FrequencyBottleneck, ResBlock,
-                           WaveletResBlock, silu)
+from models.layers import (_INV_SQRT2, AdaptiveGroupNorm, AttnBlock, FrequencyBottleneck, LinearBank, ResBlock,
+                           WaveletResBlock, silu, sum_bank_gradients_at_once)
 from models.ncsnpp import NCSNppConfig, NCSNppGenerator
 
 W_GEN = dict(wavelet_residual=True, wavelet_updown=True, wavelet_bottleneck=True)
@@ -145,11 +145,13 @@ def _unbanked(net: nn.Module):
     return ref
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["layerwise", "fast_sums"])
 @pytest.mark.parametrize("wgen", [False, True])
-def test_banked_projections_equal_per_block_projections(wgen):
+def test_banked_projections_equal_per_block_projections(wgen, fast):
     """One matmul for all styles and one for all time projections (models.layers.LinearBank) computes what each
     block's own linear layer does, bit for bit: outputs and every gradient (the input's summed in autograd's
-    order), and the parameters keep their names. The W-Generator's bottleneck reuses a block: rounding there."""
+    order), and the parameters keep their names. The W-Generator's bottleneck reuses a block: rounding there.
+    With the gradients summed at once (``train.fast_sums``): the same within rounding."""
     from models.discriminator import Discriminator, DiscriminatorConfig
     torch.manual_seed(0)
     cfg = NCSNppConfig(4, 4, 16, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), nz=8,
@@ -157,6 +159,7 @@ def test_banked_projections_equal_per_block_projections(wgen):
     g = randomised(NCSNppGenerator(cfg), 0.1)
     d = randomised(Discriminator(DiscriminatorConfig(in_channels=4, image_size=16, ngf=4, num_layers=3,
                                                       t_emb_dim=16)), 0.1)
+    assert (sum_bank_gradients_at_once(g, fast), sum_bank_gradients_at_once(d, fast)) == (2, 1)
     x, t, z = torch.randn(3, 4, 16, 16), torch.tensor([0, 3, 1]), torch.randn(3, 8)
     results = []
     for gen, disc in ((g, d), (_unbanked(g), _unbanked(d))):
@@ -166,10 +169,88 @@ def test_banked_projections_equal_per_block_projections(wgen):
         params = list(gen.parameters()) + list(disc.parameters())
         results.append((out, *torch.autograd.grad(out.square().sum(), [xg] + params)))
     for a, b in zip(*results):
-        if wgen:  # the frequency bottleneck runs block2 twice: its two uses now share one projection, whose
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)  # gradients meet before the mm: rounding
+        if wgen or fast:  # the frequency bottleneck runs block2 twice: its two uses now share one projection,
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)  # whose gradients meet before the mm: rounding
         else:  # bitwise: a training run's trajectory must not change
             assert torch.equal(a, b)
+
+
+class _Bank(nn.Module):
+    def __init__(self, widths, silu: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(randomised(nn.Linear(12, n), 0.3) for n in widths)
+        self.bank = LinearBank(self.layers, silu=silu)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_bank_gradients_summed_at_once_equal_the_layerwise_ones_within_rounding(silu):
+    """``sum_bank_gradients_at_once`` (``train.fast_sums``): the input's gradient one matmul, the bias's one sum,
+    instead of about three ops per layer; the same outputs, and the same gradients as the default (layer by layer,
+    the separate layers' bit for bit: the network test above) within fp32 rounding."""
+    from bench.perf.ops import OpCounter
+    torch.manual_seed(0)
+    widths = (16, 8, 24, 40, 32)
+    net = _Bank(widths, silu)
+    x0 = torch.randn(5, 12)
+    weights = [torch.randn(5, n) for n in widths]
+    results, backward_ops = [], []
+    for at_once in (False, True):
+        assert sum_bank_gradients_at_once(net, at_once) == 1 and net.bank.layerwise_grads is not at_once
+        x = x0.clone().requires_grad_()
+        out = net.bank(x)
+        loss = sum((out[layer] * w).sum() for layer, w in zip(net.layers, weights))
+        with OpCounter() as c:
+            grads = torch.autograd.grad(loss, [x, *net.parameters()])
+        results.append(([out[layer] for layer in net.layers], grads))
+        backward_ops.append(c.ops)
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(out_a, out_b))
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert backward_ops[0] - backward_ops[1] >= 2 * (len(widths) - 1)  # per layer: an mm, an add, a sum (+SiLU's)
+
+
+def _old_wavelet_blocks(down, up, mid, x, temb, zemb):
+    """The W-Generator's blocks with their powers of two written out as separate ops (before they were folded
+    into the transforms): DWT, LL / 2 and details kept whole; conv(details / 2) * 2 and IDWT(2 h, ...)."""
+    from models.wavelet import haar_dwt, haar_idwt, haar_ll
+    h = down.conv0(silu(down.norm0(x, zemb)))
+    s = down.skip(x)
+    c = h.shape[1]
+    hw = haar_dwt(h)
+    low = down._finish(haar_ll(s, 0.5), hw[:, :c] / 2.0, temb, zemb)
+    details = hw[:, c:]
+    h = up.conv0(silu(up.norm0(low, zemb)))
+    s = up.skip(low)
+    kept = up.detail_conv(details / 2.0) * 2.0
+    h = up._finish(haar_idwt(torch.cat([s * 2.0, kept], 1)), haar_idwt(torch.cat([h * 2.0, kept], 1)), temb, zemb)
+    hw = haar_dwt(h)
+    ll = mid.block1(hw[:, :c] / 2.0, temb, zemb)
+    return haar_idwt(torch.cat([ll * 2.0, hw[:, c:]], 1))
+
+
+def test_wavelet_blocks_fold_their_powers_of_two_bit_for_bit():
+    """Down block -> up block -> the bottleneck's LL pass, against the same blocks with every scaling by two as
+    its own op: outputs and every gradient equal to the bit."""
+    torch.manual_seed(0)
+    temb, zemb = torch.randn(2, 16), torch.randn(2, 10)
+    down = randomised(WaveletResBlock(8, 8, temb_dim=16, zemb_dim=10, resample="down"))
+    up = randomised(WaveletResBlock(8, 8, temb_dim=16, zemb_dim=10, resample="up", detail_ch=8))
+    mid = randomised(FrequencyBottleneck(8, temb_dim=16, zemb_dim=10, dropout=0.0, skip_rescale=True,
+                                         fir_kernel=(1, 3, 3, 1)))
+    params = [*down.parameters(), *up.parameters(), *mid.block1.parameters()]
+    x0 = torch.randn(2, 8, 16, 16)
+    results = []
+    def folded(v):
+        low, details = down(v, temb, zemb)
+        return mid._on_ll(mid.block1, up(low, temb, zemb, details), temb, zemb)
+
+    for run in (folded, lambda v: _old_wavelet_blocks(down, up, mid, v, temb, zemb)):
+        x = x0.clone().requires_grad_()
+        out = run(x)
+        results.append((out, *torch.autograd.grad(out.square().sum(), [x, *params])))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def _native_fir(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

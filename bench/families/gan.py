@@ -24,6 +24,7 @@ from bench.train import (EMA, BatchStream, TrainAutocast, TrainResult, batch_for
                          prepare_modules, run_loop, total_steps)
 from models.ddgan import DDGANLoss, DDGANProcess, DDGANScheduleConfig
 from models.discriminator import Discriminator, DiscriminatorConfig
+from models.layers import sum_bank_gradients_at_once
 from models.ncsnpp import NCSNppConfig, NCSNppGenerator
 
 __all__ = ["GANModelConfig", "GANTrainConfig", "GANSystem", "train_gan", "configure", "GANFamily", "GAN",
@@ -67,6 +68,9 @@ class GANTrainConfig:
     compile: bool = False             # torch.compile the networks' training forward passes (not the R1 pass)
     cuda_graphs: bool = False         # the whole step (plain and R1) as CUDA graphs, replayed (bench/step_graphs.py;
     #                                   off CUDA the same buffers and calls without capture); not yet timed on a GPU
+    fast_sums: bool = False           # fewer ops per step, rounded in another order: D's real and fake passes as one
+    #                                   call, every projection bank's gradients in one matmul (README: a run then
+    #                                   differs from the default's as a change of seed does); not yet timed on a GPU
 
 
 # ============================================================================================== system
@@ -128,7 +132,9 @@ def train_gan(cfg, system, stream: BatchStream, tracker, workdir, device: torch.
     G_par, D_par = dist.wrap(G, device), dist.wrap(D, device)
     G_fwd, D_fwd = compiled(G_par, t), compiled(D_par, t)   # R1 (double backward) goes through D_par itself
     D_frozen = D_fwd if not dist.enabled else compiled(D, t)  # G's step: D without its DDP wrapper (no gradients)
-    loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec)
+    loss = DDGANLoss(system.process, system.nz, r1_gamma=t.r1_gamma, lambda_rec=t.lambda_rec, one_d_pass=t.fast_sums)
+    for net in (G, D):
+        sum_bank_gradients_at_once(net, t.fast_sums)
     amp = TrainAutocast(device, t.precision, cast_once=not t.compile)  # bf16: weights cast once per step
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(G.parameters(), betas=(t.beta1, t.beta2), fused=fused,
