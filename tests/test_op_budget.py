@@ -22,19 +22,28 @@ def test_counts_are_within_budget(variant, one_thread):
     problems = ops.over_budget(counts, BUDGETS)
     assert not problems, "more aten ops than budgeted (bench/perf/op_budgets.json):\n" + "\n".join(problems)
     fields = counts[variant]
-    for prec in ops.OPS_PRECISIONS:
+    gan = variant in ("ddgan", "wavediff", "wavediff-wg")
+    assert set(fields) == set(ops.OPS_PRECISIONS + (ops.OPS_OPTION_ARMS if gan else ()))
+    for prec in fields:
         assert fields[prec]["plain_step"] > fields[prec]["sampler_call"] > 0  # a step is more than a forward
-        if variant in ("ddgan", "wavediff", "wavediff-wg"):
+        if gan:
             assert fields[prec]["r1_step"] > fields[prec]["plain_step"]  # R1: a double backward through D
         else:
             assert fields[prec]["r1_step"] is None
     assert fields["bf16"]["plain_step"] > fields["fp32"]["plain_step"]  # autocast's casts are counted
+    for prec in ops.OPS_PRECISIONS if gan else ():  # train.fast_sums: fewer ops per step, the same sampler
+        fast = fields[f"{prec}+fast_sums"]
+        assert fast["plain_step"] < 0.85 * fields[prec]["plain_step"] and fast["r1_step"] < fields[prec]["r1_step"]
+        assert fast["sampler_call"] == fields[prec]["sampler_call"]
+    for (v, arm), target in ops.PLAIN_STEP_TARGETS.items():
+        if v == variant:
+            assert fields[arm]["plain_step"] <= target, (variant, arm, fields[arm]["plain_step"], target)
 
 
 def test_budget_file_covers_every_count():
     assert set(BUDGETS) == set(ops.OPS_VARIANTS)
     for variant, precs in BUDGETS.items():
-        assert set(precs) == set(ops.OPS_PRECISIONS), variant
+        assert set(precs) == set(ops.ops_arms(variant)), variant
         for fields in precs.values():
             assert set(fields) == set(ops.FIELDS), variant
             assert all(n is None or (isinstance(n, int) and n > 0) for n in fields.values()), (variant, fields)

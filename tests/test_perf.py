@@ -205,13 +205,22 @@ def test_rounds_interleave_arms_and_drop_warmup():
     assert summary["median"] == 1.0 and speedup["median"] == 3.0 and speedup["of_minima"] == 2.0
 
 
+def test_arms_are_a_precision_and_gan_training_options():
+    from bench.perf.config import arm_options
+    assert arm_options("fp32") == {"precision": "fp32"}
+    assert arm_options("bf16+graphs+fast_sums") == {"precision": "bf16", "cuda_graphs": True, "fast_sums": True}
+    with pytest.raises(ValueError, match=r"a precision \(fp32, bf16\) then any of \+graphs, \+fast_sums"):
+        arm_options("fp32+compile")
+
+
 def test_unknown_section_is_an_error():
     with pytest.raises(SystemExit):
         perf.main(["--quick", "--sections", "haar,nope", "--no-mlflow"])
 
 
 @pytest.mark.parametrize("args", [["--train-warmup", "0"], ["--train-steps", "0"], ["--sections", "haar", "--json",
-                                  "x.json"], ["--quick", "--write-budgets"]])
+                                  "x.json"], ["--quick", "--write-budgets"], ["--train-precisions", "fp16"],
+                                  ["--train-precisions", "fp32+fast"], ["--train-precisions", "bf16+graphs+graphs"]])
 def test_bad_flags_are_errors(args, capsys):
     with pytest.raises(SystemExit) as e:
         perf.main(["--no-mlflow", "--device", "cpu", *args])

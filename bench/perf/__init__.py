@@ -58,7 +58,7 @@ import torch
 from bench import registry
 from bench.evaluate import device_description, resolve_device
 from bench.perf import haar, ops, overhead, sampling, training
-from bench.perf.config import OUT_DEFAULT, REFERENCES, SECTIONS, PerfConfig, quick_config
+from bench.perf.config import OUT_DEFAULT, REFERENCES, SECTIONS, PerfConfig, arm_options, quick_config
 from bench.perf.haar import HAAR_SHAPES, load_pytorch_wavelets
 from bench.perf.overhead import OVERHEAD_VARIANT
 from bench.perf.sampling import DVDP_VARIANT, GAN_GROUP, STEP_GROUP
@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=registry.SCALES, help="network sizes of sections 2-3")
     ap.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: leave as is)")
-    ap.add_argument("--train-precisions", help="training arms, comma-separated: fp32, bf16, fp32+graphs, bf16+graphs "
-                                               "(default fp32; all four on CUDA)")
+    ap.add_argument("--train-precisions", help="training arms, comma-separated: a precision (fp32, bf16) with any of "
+                                               "+graphs (train.cuda_graphs), +fast_sums (train.fast_sums), e.g. "
+                                               "bf16+graphs+fast_sums (default fp32; on CUDA: "
+                                               + ", ".join(TRAIN_ARMS) + ")")
     ap.add_argument("--train-warmup", type=int, help="untimed training steps per arm and round (default 1; a GAN's "
                                                       "are whole lazy_reg cycles)")
     ap.add_argument("--train-steps", type=int, help="timed training steps per arm and round (default 2; a GAN's are "
@@ -239,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
             over["warmup"] = 10
     if args.train_precisions:
         over["train_precisions"] = tuple(p.strip() for p in args.train_precisions.split(",") if p.strip())
-        bad = [p for p in over["train_precisions"] if p not in TRAIN_ARMS]
-        if bad or not over["train_precisions"]:
-            ap.error(f"--train-precisions {args.train_precisions!r}; valid: {', '.join(TRAIN_ARMS)} (comma-separated; "
-                     "+graphs: train.cuda_graphs, GAN variants)")
+        if not over["train_precisions"]:
+            ap.error("--train-precisions is empty; e.g. fp32,bf16+graphs+fast_sums")
+        for arm in over["train_precisions"]:
+            try:
+                arm_options(arm)
+            except ValueError as e:
+                ap.error(f"--train-precisions: {e} (+graphs, +fast_sums: GAN variants only)")
     if args.sections:
         over["sections"] = tuple(s.strip() for s in args.sections.split(",") if s.strip())
         bad = [s for s in over["sections"] if s not in SECTIONS]

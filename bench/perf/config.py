@@ -6,9 +6,24 @@ from dataclasses import dataclass
 
 from bench.tracking import REPO_ROOT
 
-__all__ = ["PerfConfig", "quick_config", "SECTIONS", "REFERENCES", "OUT_DEFAULT"]
+__all__ = ["PerfConfig", "quick_config", "SECTIONS", "REFERENCES", "OUT_DEFAULT", "ARM_OPTIONS", "arm_options"]
 
 SECTIONS = ("haar", "sampling", "training", "overhead", "ops")
+
+# A training or op-count arm: a precision, then options after '+', each a GAN training switch.
+ARM_PRECISIONS = ("fp32", "bf16")
+ARM_OPTIONS = {"graphs": "cuda_graphs", "fast_sums": "fast_sums"}
+
+
+def arm_options(arm: str) -> dict[str, object]:
+    """The training-config overrides of an arm such as ``bf16+graphs+fast_sums``: ``{"precision": "bf16",
+    "cuda_graphs": True, "fast_sums": True}``; a ValueError naming the valid parts for anything else."""
+    precision, *options = arm.split("+")
+    bad = [o for o in options if o not in ARM_OPTIONS] + ([precision] if precision not in ARM_PRECISIONS else [])
+    if bad or len(set(options)) != len(options):
+        raise ValueError(f"arm {arm!r}: a precision ({', '.join(ARM_PRECISIONS)}) then any of "
+                         f"{', '.join('+' + o for o in ARM_OPTIONS)}, each once")
+    return {"precision": precision, **{ARM_OPTIONS[o]: True for o in options}}
 OUT_DEFAULT = REPO_ROOT / "reports" / "out" / "perf.md"
 
 # Published and previously measured figures, printed beside ours as references (PAPERS.md section 2, TOOLS.md).

@@ -19,7 +19,9 @@ So ``plain_step`` is one iteration of the training loop: the batch (indexing and
 forward and backward passes of every network, the EMA, and the loop's loss window (two ops per loss). ``r1_step``
 is the costly step of a step cycle (a GAN's lazy R1 step, steady state); ``null`` for families without one.
 ``sampler_call`` is ONE call of the sampling network as evaluation makes it (no grad; bf16 autocast, weights cast
-once, for ``bf16``), after a first call, so the whole sampler costs NFE x this plus its glue.
+once, for ``bf16``), after a first call, so the whole sampler costs NFE x this plus its glue. The GANs are also
+counted with ``train.fast_sums`` (arms ``fp32+fast_sums``, ``bf16+fast_sums``): the same steps in fewer ops, their
+sums rounded in another order.
 
 bf16 is counted under CPU autocast, whose cast policy is not CUDA's: CUDA autocast runs more ops in fp32 (group
 and layer norm, softmax, exp, ...) and so adds casts that the CPU count does not have. Dropout in training (the DDPM
@@ -45,21 +47,27 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import registry
 from bench.data import InMemoryImages, dataset_channels
-from bench.perf.config import PerfConfig
+from bench.perf.config import PerfConfig, arm_options
 from bench.perf.timing import say
 from bench.sampling import EvalSampler
 from bench.tracking import REPO_ROOT, NullTracker
 from bench.train import BatchStream
 
-__all__ = ["OpCounter", "OPS_VARIANTS", "OPS_PRECISIONS", "FIELDS", "NARROW", "BUDGETS_PATH", "BUDGET_TOLERANCE",
+__all__ = ["OpCounter", "OPS_VARIANTS", "OPS_PRECISIONS", "OPS_OPTION_ARMS", "ops_arms", "PLAIN_STEP_TARGETS", "FIELDS", "NARROW", "BUDGETS_PATH", "BUDGET_TOLERANCE",
            "count_training_steps", "count_sampler_call", "count_variant", "ops_config", "table", "over_budget",
            "write_budgets", "run", "render", "metrics"]
 
 OPS_VARIANTS = ("ddgan", "wavediff", "wavediff-wg", "ddpm", "wddm-unet-l1", "wddm-ukan-l1", "dvdp")
 OPS_PRECISIONS = ("fp32", "bf16")
+# Also counted where the variant's trainer has the option (the GANs): train.fast_sums, fewer ops in another rounding.
+OPS_OPTION_ARMS = ("fp32+fast_sums", "bf16+fast_sums")
 FIELDS = ("plain_step", "r1_step", "sampler_call")
 BUDGETS_PATH = REPO_ROOT / "bench" / "perf" / "op_budgets.json"
 BUDGET_TOLERANCE = 0.05   # a count may exceed its budget by this fraction before the budget test fails
+# Plain-step targets of the GANs' fastest fp32 arm (train.fast_sums): what a step may dispatch for the host not to
+# hold a GPU back at the papers' CIFAR-10 configurations (from 1,824 / 2,434 / 2,151 ops before any cut).
+PLAIN_STEP_TARGETS = {("wavediff", "fp32+fast_sums"): 1200, ("ddgan", "fp32+fast_sums"): 1600,
+                      ("wavediff-wg", "fp32+fast_sums"): 1400}
 COUNT_BATCH = 2           # images per counted step / call (counts do not depend on it) ...
 # ... except DVDP's step, which calls the network once per stage present in the batch: 16 images hold both
 # stages (as a training batch does) but with probability 2^-15.
@@ -143,9 +151,17 @@ def ops_config(variant: str, scale: str = "paper", narrow: bool = False):
     return registry.resolve({"variant": variant, "dataset": "cifar10", "scale": scale, **over}, check_paths=False)
 
 
+def ops_arms(variant: str) -> tuple[str, ...]:
+    """The arms counted for ``variant``: :data:`OPS_PRECISIONS`, and :data:`OPS_OPTION_ARMS` where its training
+    config has their options."""
+    train = ops_config(variant).train
+    return OPS_PRECISIONS + tuple(a for a in OPS_OPTION_ARMS if all(hasattr(train, k) for k in arm_options(a)))
+
+
 def count_training_steps(cfg, precision: str, batch: int = COUNT_BATCH, seed: int = 0):
     """Ops of one plain step and of the costly step of the cycle (``None`` without one) of ``cfg`` at
-    ``precision``, through its family's trainer on the CPU: three steps of the loop with a two-step cycle
+    ``precision`` (or an arm, ``bf16+fast_sums``: :func:`bench.perf.config.arm_options`), through its family's
+    trainer on the CPU: three steps of the loop with a two-step cycle
     (:meth:`bench.families.Family.with_short_cycle`: steps 0 and 2 costly, 1 plain), counting steps 1 and 2
     (optimiser state exists by then). Returns ``({"plain_step": {...}, "r1_step": {...} | None}, system)``: the
     system after training, for the sampler count."""
@@ -155,7 +171,7 @@ def count_training_steps(cfg, precision: str, batch: int = COUNT_BATCH, seed: in
     steps = 3
     cfg = replace(cfg, device="cpu", processes=1,
                   train=replace(cfg.train, batch_size=batch, max_steps=steps, max_epochs=None, max_minutes=None,
-                                checkpoint_every=10**9, log_every=10**9, compile=False, precision=precision))
+                                checkpoint_every=10**9, log_every=10**9, compile=False, **arm_options(precision)))
     torch.manual_seed(seed)
     system = registry.build(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -188,7 +204,7 @@ def count_sampler_call(system, precision: str, batch: int = COUNT_BATCH) -> dict
     the CPU), after a first call (which builds the bf16 weight copies); ``casts_per_call_uncached``: the casts of
     one call of the bare network under the same autocast (what every call, and every CUDA-graph replay, cast
     before the weights were cast once)."""
-    sampler = EvalSampler(system, torch.device("cpu"), precision)
+    sampler = EvalSampler(system, torch.device("cpu"), arm_options(precision)["precision"])
     net = sampler.network()
     args = system.network_inputs(batch)
     with sampler.numerics():
@@ -203,11 +219,12 @@ def count_sampler_call(system, precision: str, batch: int = COUNT_BATCH) -> dict
 
 
 def count_variant(variant: str, scale: str = "paper", narrow: bool = False,
-                  precisions: tuple[str, ...] = OPS_PRECISIONS) -> dict:
-    """``{precision: {field: {"ops", "all_ops", "optimizer_ops", "casts"} | None}}`` of one variant."""
+                  precisions: tuple[str, ...] | None = None) -> dict:
+    """``{arm: {field: {"ops", "all_ops", "optimizer_ops", "casts"} | None}}`` of one variant, for ``precisions``
+    (default :func:`ops_arms`)."""
     cfg = ops_config(variant, scale, narrow)
     out = {}
-    for prec in precisions:
+    for prec in precisions or ops_arms(variant):
         steps, system = count_training_steps(cfg, prec, batch=COUNT_BATCH_OF.get(variant, COUNT_BATCH))
         out[prec] = {**steps, "sampler_call": count_sampler_call(system, prec)}
     return out
@@ -254,7 +271,7 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
     torch.set_num_threads(1)
     try:
         for name in OPS_VARIANTS:
-            say(f"ops: {name} ({', '.join(OPS_PRECISIONS)}, scale {pc.scale})")
+            say(f"ops: {name} ({', '.join(ops_arms(name))}, scale {pc.scale})")
             counts[name] = count_variant(name, pc.scale)
     finally:
         torch.set_num_threads(threads)
@@ -273,8 +290,10 @@ def render(sec: dict, res: dict) -> list[str]:
              f"(bench.train.run_loop + the family's update): batch, forward and backward of every network, EMA, "
              f"loss window; **optimiser step() calls excluded** (fused on CUDA; counted apart below) and views "
              f"excluded (no kernel). R1 step: a GAN's lazy-R1 step ('-': no such step). Sampler call: one call "
-             f"of the sampling network as evaluation makes it (bf16: weights cast once). bf16 uses CPU autocast's "
-             f"cast policy (CUDA's casts more). Casts: aten._to_copy among the ops; in brackets, the casts of "
+             f"of the sampling network as evaluation makes it (bf16: weights cast once). +fast_sums rows (GAN "
+             f"variants): train.fast_sums, D's real and fake passes as one call and each projection bank's "
+             f"gradients in one matmul (the same mathematics in another rounding; the sampler call is unchanged). "
+             f"bf16 uses CPU autocast's cast policy (CUDA's casts more). Casts: aten._to_copy among the ops; in brackets, the casts of "
              f"one sampling-network call with its weights cast at every call (as before bf16 weights were made "
              f"once).")
     L += ["", "| variant | precision | plain step | R1 step | sampler call | casts (plain / R1 / sampler) | "

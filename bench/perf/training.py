@@ -22,24 +22,20 @@ import torch
 from bench import registry
 from bench.data import InMemoryImages, dataset_channels
 from bench.evaluate import synchronize, train_flops_per_step
-from bench.perf.config import REFERENCES, PerfConfig
+from bench.perf.config import REFERENCES, PerfConfig, arm_options
 from bench.perf.sampling import DVDP_VARIANT, GAN_GROUP, STEP_GROUP, _of_peak, _peak_cell, build, config
 from bench.perf.timing import fmt, paired_ratio, ratio, rounds, say, stat, summarize, versus
 from bench.tracking import NullTracker
 from bench.train import BatchStream
 
-__all__ = ["TRAIN_GROUPS", "TRAIN_ARMS", "arm_options", "run", "render", "metrics", "train_round",
+__all__ = ["TRAIN_GROUPS", "TRAIN_ARMS", "run", "render", "metrics", "train_round",
            "step_flops_per_image", "TrainSession",
            "timed_steps", "kernel_table"]
 
 TRAIN_GROUPS = (GAN_GROUP, STEP_GROUP + (DVDP_VARIANT,))
-# Training arms: a precision, or a precision with the whole step as CUDA graphs (train.cuda_graphs; GAN variants).
-TRAIN_ARMS = ("fp32", "bf16", "fp32+graphs", "bf16+graphs")
-
-
-def arm_options(arm: str) -> tuple[str, bool]:
-    """(train.precision, train.cuda_graphs) of a training arm."""
-    return arm.split("+")[0], arm.endswith("+graphs")
+# Training arms on CUDA by default: a precision, with the whole step as CUDA graphs (+graphs: train.cuda_graphs) and
+# with fewer ops per step (+fast_sums: train.fast_sums), both GAN options (bench.perf.config.arm_options).
+TRAIN_ARMS = ("fp32", "bf16", "fp32+graphs", "bf16+graphs", "fp32+fast_sums", "bf16+graphs+fast_sums")
 
 
 class _Enough(Exception):
@@ -206,17 +202,15 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
                  "scale": pc.scale, "precisions": list(pc.train_precisions), "groups": [], "profiles": []}
     for group in TRAIN_GROUPS:
         cfgs, flops, steps, sessions = {}, {}, {}, {}
-        # train.cuda_graphs arms only where every variant of the group has the option (the GAN family's)
-        arms = [a for a in pc.train_precisions if not arm_options(a)[1]
-                or all(hasattr(config(n, pc).train, "cuda_graphs") for n in group)]
+        # arms with GAN options (train.cuda_graphs, train.fast_sums) only where every variant of the group has them
+        arms = [a for a in pc.train_precisions
+                if all(hasattr(config(n, pc).train, k) for n in group for k in arm_options(a))]
         for name in group:
             cfg = config(name, pc)
             if pc.quick:  # the smoke run: a two-step cycle (a GAN's R1 every 2 steps), so its windows stay short
                 cfg = registry.family(cfg).with_short_cycle(cfg)
             for arm in arms:
-                prec, graphs = arm_options(arm)
-                cfgs[name, arm] = replace(cfg, train=replace(cfg.train, batch_size=B, precision=prec,
-                                                             **({"cuda_graphs": True} if graphs else {})))
+                cfgs[name, arm] = replace(cfg, train=replace(cfg.train, batch_size=B, **arm_options(arm)))
             flops[name] = step_flops_per_image(cfgs[name, arms[0]])
             steps[name] = timed_steps(cfg, pc.train_steps)
         windows = pc.repeats + bool(pc.profile)
@@ -241,7 +235,7 @@ def run(pc: PerfConfig, device: torch.device) -> dict:
                 s.close()
         rows = []
         for arm in arms:
-            precision = arm_options(arm)[0]
+            precision = arm_options(arm)["precision"]
             mine = {name: per_step[name, arm] for name in group}
             for name, (s, speedup) in versus(mine, group[0]).items():
                 ips = summarize([B / t for t in mine[name]])
@@ -284,7 +278,8 @@ def render(tr: dict, res: dict) -> list[str]:
              "it runs, a GAN's R1 double backward included), counted with torch FlopCounterMode at batch 2; "
              "achieved = GFLOPs / image x images / s. bf16 rows: autocast forward passes with fp32 weights, losses "
              "and R1 (train.precision: bf16); +graphs rows: the whole step as CUDA graphs (train.cuda_graphs; off "
-             "CUDA the same buffers without capture).")
+             "CUDA the same buffers without capture); +fast_sums rows: fewer ops per step, rounded in another order "
+             "(train.fast_sums).")
     if tr.get("profiles"):
         L.append("")
         L.append(f"- torch.profiler kernel tables (one more window per arm after the timed rounds): "
