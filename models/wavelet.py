@@ -18,10 +18,11 @@ by 2, WDDM by 2^level so the LL band stays in [-1, 1]) is the separate pair ``wa
 Implementation: a two-stage butterfly of elementwise sums and differences on strided views, written with
 ``out=`` into preallocated tensors (no stack / cat of temporaries): the forward pass sums row pairs (contiguous
 rows) into one buffer, then column pairs (stride-2 reads) straight into the four bands; the inverse mirrors it.
-The 1/2 normalisation (times the papers' 1/2^J in ``wavelet_encode``) is one in-place multiply of the buffer
-by a power of two, so it is exact. No filters or matrix products: nothing here is counted as FLOPs, any float
-dtype and device work, and autograd goes through a custom function whose backward is the other transform (the
-transform is orthogonal, so its adjoint is its inverse; double backward works too).
+The 1/2 normalisation (times the papers' 1/2^J in ``wavelet_encode``, or any power of two a caller passes as
+``scale``) is one in-place multiply of the buffer by a power of two, so it is exact (and skipped when it is one).
+No filters or matrix products: nothing here is counted as FLOPs, any float dtype and device work, and autograd goes
+through a custom function whose backward is the other transform (the transform is orthogonal, so its adjoint is
+its inverse; double backward works too).
 """
 from __future__ import annotations
 

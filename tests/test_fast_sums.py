@@ -86,6 +86,17 @@ def test_the_trainer_sums_at_once_only_when_asked(tmp_path):
         assert torch.isfinite(p).all()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_it_composes_with_bf16_and_the_step_graphs(tmp_path, precision):
+    """With bf16 autocast (weights cast once) and with train.cuda_graphs (emulated off CUDA: the same static
+    buffers and calls): the same weights, bit for bit, as fast_sums alone."""
+    runs = [_train(tmp_path / str(graphs), **{"train.fast_sums": True, "train.precision": precision,
+                                              "train.cuda_graphs": graphs})[1] for graphs in (False, True)]
+    for name in ("G", "D", "G_ema"):
+        a, b = (r.modules()[name].state_dict() for r in runs)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
 def test_the_option_hashes_only_when_on():
     off = registry.resolve(micro("wavediff"))
     on = registry.resolve(micro("wavediff", **{"train.fast_sums": True}))

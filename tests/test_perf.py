@@ -146,7 +146,7 @@ def test_ops_section_and_json(quick, tmp_path):
     assert ops_json == table
     assert set(table) == set(perf.ops.OPS_VARIANTS)
     for v, precs in table.items():
-        assert set(precs) == {"fp32", "bf16"}
+        assert set(precs) == {"fp32", "bf16"} | ({"fp32+fast_sums", "bf16+fast_sums"} if v in perf.GAN_GROUP else set())
         for prec, f in precs.items():
             assert f["plain_step"] > f["sampler_call"] > 0, (v, prec)
             assert (f["r1_step"] > f["plain_step"]) if v in perf.GAN_GROUP else f["r1_step"] is None, (v, prec)

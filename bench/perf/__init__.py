@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="training: write a torch.profiler kernel table per "
                                                            "variant and precision to <out>-profiles/ (e.g. "
                                                            "reports/out/perf-profiles/)")
-    ap.add_argument("--json", help="ops section: write {variant: {precision: {plain_step, r1_step, sampler_call}}} "
-                                   "to this file")
+    ap.add_argument("--json", help="ops section: write {variant: {arm: {plain_step, r1_step, sampler_call}}} "
+                                   "to this file (arms: fp32, bf16 and, for the GANs, fp32+fast_sums, bf16+fast_sums)")
     ap.add_argument("--write-budgets", action="store_true", help="ops section: write its counts as the committed "
                                                                  "budgets (bench/perf/op_budgets.json)")
     ap.add_argument("--seed", type=int, default=0)

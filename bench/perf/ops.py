@@ -306,6 +306,12 @@ def render(sec: dict, res: dict) -> list[str]:
                      f"{_n(f['sampler_call'], 'casts')} ({_n(f['sampler_call'], 'casts_per_call_uncached')}) | "
                      f"{_n(f['plain_step'], 'all_ops')} | "
                      f"{_n(f['plain_step'], 'optimizer_ops')} |")
+    checks = [(v, arm, target, sec["table"][v][arm]["plain_step"]) for (v, arm), target in PLAIN_STEP_TARGETS.items()
+              if arm in sec["table"].get(v, {})]
+    if checks and sec["scale"] == "paper":  # the targets are the papers' CIFAR-10 configurations
+        L += ["", "Plain-step targets: " + "; ".join(
+            f"{v} {arm} {n:,} <= {target:,}: {'met' if n <= target else 'NOT met'}" for v, arm, target, n in checks)
+            + "."]
     return L
 
 
