@@ -225,7 +225,7 @@ class DDGANLoss:
             out["r1"] = self.r1_gamma / 2 * grad.pow(2).reshape(b, -1).sum(1).mean()
         one_pass = self.one_d_pass and not r1
         with amp(D, G):
-            if not r1 and not one_pass:
+            if not (r1 or one_pass):
                 d_real = D(x_t, t, x_tp1.detach()).float()
             z = torch.randn(b, self.nz, device=x0.device)
             with torch.no_grad():

@@ -10,6 +10,8 @@ __all__ = ["PerfConfig", "quick_config", "SECTIONS", "REFERENCES", "OUT_DEFAULT"
 
 SECTIONS = ("haar", "sampling", "training", "overhead", "ops")
 
+OUT_DEFAULT = REPO_ROOT / "reports" / "out" / "perf.md"
+
 # A training or op-count arm: a precision, then options after '+', each a GAN training switch.
 ARM_PRECISIONS = ("fp32", "bf16")
 ARM_OPTIONS = {"graphs": "cuda_graphs", "fast_sums": "fast_sums"}
@@ -24,7 +26,7 @@ def arm_options(arm: str) -> dict[str, object]:
         raise ValueError(f"arm {arm!r}: a precision ({', '.join(ARM_PRECISIONS)}) then any of "
                          f"{', '.join('+' + o for o in ARM_OPTIONS)}, each once")
     return {"precision": precision, **{ARM_OPTIONS[o]: True for o in options}}
-OUT_DEFAULT = REPO_ROOT / "reports" / "out" / "perf.md"
+
 
 # Published and previously measured figures, printed beside ours as references (PAPERS.md section 2, TOOLS.md).
 REFERENCES = {
