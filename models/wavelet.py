@@ -82,29 +82,6 @@ def _idwt1(y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return x
 
 
-class _HaarDWT(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return _dwt1(x, scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        # (s W)^T = s W^{-1} for the orthogonal W.
-        return _HaarIDWT.apply(grad, ctx.scale), None
-
-
-class _HaarIDWT(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return _idwt1(y, scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _HaarDWT.apply(grad, ctx.scale), None
-
-
 def _ll1(x: torch.Tensor, scale: float) -> torch.Tensor:
     """The LL band of one level times ``scale`` (a power of two); no autograd. Bit for bit ``_dwt1``'s LL band
     times ``scale``: that band is ``(r0 / 2) + (r1 / 2)`` with ``r0``, ``r1`` the sums of the column pairs' row pairs
@@ -116,25 +93,37 @@ def _ll1(x: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.add(r[..., 0::2], r[..., 1::2]).mul_(0.5 * scale)
 
 
-class _HaarLL(torch.autograd.Function):
+def _ll_adjoint(grad: torch.Tensor, scale: float) -> torch.Tensor:
+    """The LL band's adjoint: every pixel of a 2x2 block gets (scale / 2) times its block's gradient (exact, as the
+    whole inverse transform of (grad, 0, 0, 0) gives it); differentiable ops, so double backward works."""
+    b, c, h, w = grad.shape
+    up = torch.mul(grad[:, :, :, None, :, None].expand(b, c, h, 2, w, 2), 0.5 * scale)
+    return up.view(b, c, 2 * h, 2 * w)
+
+
+class _Haar(torch.autograd.Function):
+    """One level of a transform (``kind``: "dwt", "idwt", "ll") times ``scale``; its backward is the adjoint,
+    itself differentiable: (s W)^T = s W^{-1} for the orthogonal W, so the DWT's is the IDWT and back."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return _ll1(x, scale)
+    def forward(ctx, x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
+        ctx.scale, ctx.kind = scale, kind
+        return _LEVEL[kind](x, scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        # The adjoint: every pixel of a 2x2 block gets (scale / 2) times its block's gradient (exact, as the
-        # whole inverse transform of (grad, 0, 0, 0) gives it); differentiable ops, so double backward works.
-        b, c, h, w = grad.shape
-        up = torch.mul(grad[:, :, :, None, :, None].expand(b, c, h, 2, w, 2), 0.5 * ctx.scale)
-        return up.view(b, c, 2 * h, 2 * w), None
+        if ctx.kind == "ll":
+            return _ll_adjoint(grad, ctx.scale), None, None
+        return _Haar.apply(grad, ctx.scale, "idwt" if ctx.kind == "dwt" else "dwt"), None, None
 
 
-def _level(fn, function, x: torch.Tensor, scale: float) -> torch.Tensor:
+_LEVEL = {"dwt": _dwt1, "idwt": _idwt1, "ll": _ll1}
+
+
+def _level(kind: str, x: torch.Tensor, scale: float) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
-        return function.apply(x, scale)
-    return fn(x, scale)
+        return _Haar.apply(x, scale, kind)
+    return _LEVEL[kind](x, scale)
 
 
 def _forward(x: torch.Tensor, levels: int, scale: float) -> torch.Tensor:
@@ -146,7 +135,7 @@ def _forward(x: torch.Tensor, levels: int, scale: float) -> torch.Tensor:
             f"haar_dwt with levels={levels} needs even height and width divisible by {f}, got {h}x{w}"
         )
     for j in range(levels):
-        x = _level(_dwt1, _HaarDWT, x, scale if j == levels - 1 else 1.0)
+        x = _level("dwt", x, scale if j == levels - 1 else 1.0)
     return x
 
 
@@ -157,7 +146,7 @@ def _inverse(y: torch.Tensor, levels: int, scale: float) -> torch.Tensor:
             f"haar_idwt with levels={levels} needs a channel count divisible by {4**levels}, got {y.shape[1]}"
         )
     for j in range(levels):
-        y = _level(_idwt1, _HaarIDWT, y, scale if j == 0 else 1.0)
+        y = _level("idwt", y, scale if j == 0 else 1.0)
     return y
 
 
@@ -185,7 +174,7 @@ def haar_ll(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     _check(x, 1, "haar_ll")
     if x.shape[-2] % 2 or x.shape[-1] % 2:
         raise ValueError(f"haar_ll needs even height and width, got {x.shape[-2]}x{x.shape[-1]}")
-    return _level(_ll1, _HaarLL, x, scale)
+    return _level("ll", x, _power_of_two(scale, "haar_ll"))
 
 
 def wavelet_encode(x: torch.Tensor, levels: int = 1) -> torch.Tensor:
